@@ -1,0 +1,145 @@
+"""Orbax checkpoints: params + optimizer state + a JSON `meta` item (step, data-iterator state,
+resolved config, layout version, per-leaf checksums).
+
+Integrity: orbax commits a step atomically (temporary directory, then rename), so a write killed
+half-way never appears as a step. On top of that, every save records a checksum per array (the
+uint32 sum of its bits, computed on device, order independent, so it matches under any sharding);
+restore recomputes them. A step that fails to restore or whose checksums differ is reported,
+moved aside to `<dir>/corrupt/<step>` (kept, never deleted) and the next older step is tried.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxgrow import layout
+
+log = logging.getLogger("jaxgrow")
+
+ITEMS = ("params", "opt_state", "meta")
+
+
+class CorruptCheckpoint(RuntimeError):
+    pass
+
+
+@jax.jit
+def _checksums(tree: Any) -> list[jax.Array]:
+    def one(x):
+        x = jnp.asarray(x)
+        if x.dtype.itemsize == 4:
+            bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+        else:
+            bits = x.astype(jnp.uint32)
+        return jnp.sum(bits, dtype=jnp.uint32)
+
+    return [one(x) for x in jax.tree.leaves(tree)]
+
+
+def checksums(tree: Any) -> list[int]:
+    """One uint32 per leaf (in tree-flatten order)."""
+    return [int(v) for v in jax.device_get(_checksums(tree))]
+
+
+class Checkpoints:
+    """A directory of step checkpoints with a rolling `keep` policy (keep=None keeps all)."""
+
+    def __init__(self, directory: str | Path, keep: int | None = None, async_save: bool = False):
+        self.directory = Path(directory)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
+                                               cleanup_tmp_directories=True, create=True)
+        self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+    def steps(self) -> list[int]:
+        return sorted(self._mgr.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self._mgr.latest_step()
+
+    def save(self, step: int, params: Any, opt_state: Any, meta: dict) -> None:
+        """Saves (blocking unless async_save). `meta` must be JSON-serialisable."""
+        meta = dict(meta, step=int(step), layout_version=layout.LAYOUT_VERSION,
+                    checksums={"params": checksums(params), "opt_state": checksums(opt_state)})
+        self._mgr.wait_until_finished()
+        self._mgr.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+            meta=ocp.args.JsonSave(meta)), force=True)
+
+    def wait(self) -> None:
+        self._mgr.wait_until_finished()
+
+    def read_meta(self, step: int) -> dict:
+        return self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def restore(self, step: int, abstract_params: Any, abstract_opt: Any | None) -> tuple[Any, Any, dict]:
+        """Restores one step onto the shardings in the abstract trees (ShapeDtypeStructs).
+
+        abstract_opt=None restores the params only. Raises CorruptCheckpoint on any mismatch.
+        """
+        try:
+            meta = self.read_meta(step)
+            if meta.get("layout_version") != layout.LAYOUT_VERSION:
+                raise CorruptCheckpoint(f"layout version {meta.get('layout_version')} != {layout.LAYOUT_VERSION}")
+            items = {"params": ocp.args.StandardRestore(abstract_params)}
+            if abstract_opt is not None:
+                items["opt_state"] = ocp.args.StandardRestore(abstract_opt)
+            restored = self._mgr.restore(step, args=ocp.args.Composite(**items))
+        except CorruptCheckpoint:
+            raise
+        except Exception as e:  # orbax/tensorstore raise many types for damaged files
+            raise CorruptCheckpoint(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from e
+        params, opt_state = restored["params"], restored.get("opt_state")
+        if checksums(params) != meta["checksums"]["params"]:
+            raise CorruptCheckpoint("params checksum mismatch")
+        if opt_state is not None and checksums(opt_state) != meta["checksums"]["opt_state"]:
+            raise CorruptCheckpoint("optimizer-state checksum mismatch")
+        return params, opt_state, meta
+
+    def restore_latest_good(self, abstract_params: Any, abstract_opt: Any | None) -> tuple[Any, Any, dict] | None:
+        """Newest step that restores cleanly; corrupt ones are moved aside with a warning."""
+        for step in reversed(self.steps()):
+            try:
+                return self.restore(step, abstract_params, abstract_opt)
+            except CorruptCheckpoint as e:
+                log.warning("checkpoint %s/%d is corrupt (%s); moved to %s/corrupt/%d, trying an older one",
+                            self.directory, step, e, self.directory, step)
+                self._quarantine(step)
+        return None
+
+    def _quarantine(self, step: int) -> None:
+        if jax.process_index() == 0:
+            dest = self.directory / "corrupt" / str(step)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.exists():
+                shutil.rmtree(dest)
+            shutil.move(str(self.directory / str(step)), str(dest))
+        self._mgr.reload()
+
+    def close(self) -> None:
+        self._mgr.wait_until_finished()
+        self._mgr.close()
+
+
+def has_checkpoint(directory: str | Path) -> bool:
+    """True if the directory holds at least one committed step (no manager is created)."""
+    d = Path(directory)
+    if not d.is_dir():
+        return False
+    return any(p.is_dir() and p.name.isdigit() and (p / "meta").exists() for p in d.iterdir())
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs with shardings, for restoring without allocating first."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def as_numpy(tree: Any) -> Any:
+    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)

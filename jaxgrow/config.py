@@ -1,0 +1,321 @@
+"""Config schema (every key commented once, here), validation with field-named errors, param counts.
+
+A run config is an `ml_collections.ConfigDict` made by `base_config()` and adjusted by a
+`configs/*.py` file's `get_config()`. A run trains a *family*: an ordered list of members, each a
+model config. `config.model` holds the shared model settings; `config.members.<name>` lists each
+member's position in the family and its overrides of `config.model` (sizes, usually). A config with
+one member is an ordinary single-model training run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import ml_collections
+
+from jaxgrow import layout
+
+MODEL_KEYS = ("vocab_size", "hidden_size", "ffn_size", "num_layers", "num_heads", "num_kv_heads",
+              "head_dim", "tie_embeddings", "rope_theta", "norm_eps", "dtype", "init_std",
+              "attention_impl", "remat_policy")
+SIZE_KEYS = ("vocab_size", "hidden_size", "ffn_size", "num_layers", "num_heads", "num_kv_heads", "head_dim")
+DTYPES = ("float32", "bfloat16")
+ATTENTION_IMPLS = ("xla", "cudnn", "auto", "reference")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+EXPANSION_METHODS = ("zero", "tile", "bert2bert_fpi", "bert2bert_aki")
+DEPTH_STRATEGIES = ("identity", "stack", "interleave")
+LR_RULES = ("constant", "power", "kaplan", "table")
+LR_DECAYS = ("cosine", "linear", "wsd")
+
+# Keys that may differ from the saved config when a run is resumed: run length, logging, layout of
+# the job on devices, and the override switch itself.
+RESUMABLE_KEYS = ("budget_scale", "budget.", "log.", "checkpoint.every_steps", "checkpoint.keep",
+                  "checkpoint.async_save", "profile_steps", "allow_config_change", "mesh.",
+                  "model.remat_policy", "model.attention_impl", "distributed", "data.eval_batches")
+
+
+class InputError(ValueError):
+    """Bad user input (config, data, workdir, mesh, CLI): exit code 2 with this one-line message."""
+
+
+class ConfigError(InputError):
+    """An invalid config; the message names the field and what would be valid."""
+
+
+def model_config(**overrides) -> ml_collections.ConfigDict:
+    """A model config with Llama-style defaults; keyword arguments override them."""
+    m = ml_collections.ConfigDict()
+    m.vocab_size = 4096        # tokens in the vocabulary (= the tokenizer's vocab size)
+    m.hidden_size = 256        # D: width of the residual stream
+    m.ffn_size = 768           # F: SwiGLU hidden width
+    m.num_layers = 4           # L: transformer blocks (stacked on one axis and scanned)
+    m.num_heads = 4            # H: query heads
+    m.num_kv_heads = 4         # K: key/value heads (H % K == 0; K == H is MHA, K == 1 is MQA)
+    m.head_dim = 64            # d: per-head width, independent of hidden_size
+    m.tie_embeddings = False   # share the token embedding with the LM head
+    m.rope_theta = 10000.0     # RoPE base frequency
+    m.norm_eps = 1e-5          # RMSNorm epsilon
+    m.dtype = "float32"        # compute dtype: float32 | bfloat16 (params are always float32)
+    m.init_std = 0.02          # std of normal initialisers (residual writers: / sqrt(2L))
+    m.attention_impl = "auto"  # xla | cudnn | auto (cudnn on GPU when possible) | reference (einsum)
+    m.remat_policy = "none"    # none | full | dots | dots_no_batch (jax.checkpoint policies)
+    m.update(overrides)
+    return m
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0                     # seeds init, data order and expansion randomness
+    c.mode = "progressive"         # progressive (grow each member from the last) | independent
+    c.budget_scale = 1.0           # multiplies every token/step budget (e.g. 0.05 for a smoke run)
+    c.allow_config_change = False  # resume even if the config differs from the saved one
+    c.skip_nonfinite_steps = 0     # tolerate this many non-finite steps (update skipped) per stage
+    c.profile_steps = ""           # "a:b" writes a jax.profiler trace of steps [a, b) of each stage
+    c.distributed = "auto"         # jax.distributed.initialize: auto (TPU pod / JAX_COORDINATOR_ADDRESS) | on | off
+
+    c.model = model_config()       # shared model settings (see model_config)
+    c.members = ml_collections.ConfigDict()  # name -> {position, tokens, <model overrides>}
+
+    c.budget = ml_collections.ConfigDict()
+    c.budget.largest_tokens = 2_000_000  # tokens the largest member would get trained alone
+    c.budget.rule = "paper"        # paper: independent tokens ∝ size; progressive stages add up to the largest alone
+
+    c.data = ml_collections.ConfigDict()
+    c.data.train_files = ""        # comma-separated globs of .txt / .jsonl; "" = the shipped Shakespeare corpus
+    c.data.eval_files = ""         # held-out globs; "" = the shipped corpus's held-out works
+    c.data.text_field = "text"     # field read from .jsonl lines
+    c.data.tokenizer = ""          # path to a tokenizers JSON; "" = train a byte-level BPE on train_files
+    c.data.seq_len = 128           # tokens per training sequence
+    c.data.batch_size = 16         # global batch (sequences per step)
+    c.data.eval_batches = 8        # eval batches per evaluation (fewer if the eval set is smaller)
+    c.data.prefetch = 2            # batches prefetched to devices
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.b1 = 0.9           # Adam beta1
+    c.optimizer.b2 = 0.95          # Adam beta2
+    c.optimizer.eps = 1e-8         # Adam epsilon
+    c.optimizer.weight_decay = 0.1  # decoupled weight decay (not on norm gains)
+    c.optimizer.clip_norm = 1.0    # global-norm gradient clipping (0 = off)
+    c.optimizer.grad_accum_steps = 1  # micro-batches per step (batch_size must divide evenly)
+
+    c.lr = ml_collections.ConfigDict()
+    c.lr.rule = "constant"         # peak-LR rule: constant | power | kaplan | table
+    c.lr.peak = 3e-3               # peak LR for `constant`; the base LR at n_ref for `power`
+    c.lr.n_ref = 1_000_000         # reference non-embedding params for `power`
+    c.lr.alpha = 0.5               # exponent for `power`: peak = peak * (N / n_ref) ** -alpha
+    c.lr.table = "gpt3"            # `table` pairs: "gpt3" or "N:lr,N:lr,..." (log-log interpolation)
+    c.lr.decay = "cosine"          # cosine | linear | wsd (warmup-stable-decay)
+    c.lr.warmup_fraction = 0.05    # warmup steps as a fraction of each stage's steps
+    c.lr.min_lr_ratio = 0.1        # LR floor as a fraction of the peak
+    c.lr.wsd_decay_fraction = 0.2  # fraction of a stage spent decaying for `wsd`
+
+    c.expansion = ml_collections.ConfigDict()
+    c.expansion.method = "zero"    # zero | tile | bert2bert_fpi | bert2bert_aki (width growth)
+    c.expansion.depth = "identity"  # identity | stack | interleave (depth growth)
+    c.expansion.depth_position = "interleave"  # where identity blocks go: interleave | top
+    c.expansion.noise = 0.0        # tile: function-preserving symmetry-breaking noise (relative std)
+    c.expansion.opt_state = "carry"  # carry (map Adam moments like the params) | reset
+
+    c.consistency = ml_collections.ConfigDict()
+    c.consistency.weight = 0.0     # weight of KL(p_prev || p_this) against the frozen previous member (0 = off)
+    c.consistency.fraction = 0.5   # fraction of each stage over which the weight decays linearly to 0
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = 1                # data-parallel axis size (-1 = fill with the remaining devices)
+    c.mesh.fsdp = -1               # fully-sharded data-parallel axis size (-1 = fill)
+    c.mesh.tensor = 1              # tensor-parallel axis size (-1 = fill)
+    c.mesh.dcn_data = 1            # data parallelism across slices (multi-pod); devices per slice = total / dcn_data
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 100  # save the stage state every N steps (and always at the end)
+    c.checkpoint.keep = 2          # rolling checkpoints kept per stage (member checkpoints are never deleted)
+    c.checkpoint.async_save = False  # orbax async checkpointing (the loop waits before the next save)
+
+    c.log = ml_collections.ConfigDict()
+    c.log.every_steps = 10         # metrics.jsonl / TensorBoard interval (the loop syncs with the host only here)
+    c.log.eval_every_steps = 50    # held-out eval interval (and always at the end of a stage)
+    c.log.progress = True          # tqdm progress bar on the terminal
+    return c
+
+
+# ----------------------------------------------------------------------------------------------
+# Family members
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    name: str
+    position: int
+    model: ml_collections.ConfigDict
+    tokens: int  # explicit token budget override (-1: from the budget rule)
+
+
+def add_member(config: ml_collections.ConfigDict, name: str, tokens: int = -1, **model_overrides) -> None:
+    """Appends a member to `config.members` (its position is the order of calls)."""
+    unknown = sorted(set(model_overrides) - set(MODEL_KEYS))
+    if unknown:
+        raise ConfigError(f"members.{name}: unknown model keys {unknown}; valid: {list(MODEL_KEYS)}")
+    entry = ml_collections.ConfigDict()
+    entry.position = len(config.members)
+    entry.tokens = tokens
+    entry.update(model_overrides)
+    config.members[name] = entry
+
+
+def members(config: ml_collections.ConfigDict) -> list[Member]:
+    """The family in order. A config without members is a one-member family named 'model'."""
+    if len(config.members) == 0:
+        return [Member("model", 0, config.model, -1)]
+    out = []
+    for name, entry in config.members.items():
+        model = ml_collections.ConfigDict(config.model.to_dict())
+        overrides = {k: v for k, v in entry.items() if k not in ("position", "tokens")}
+        for key in overrides:
+            if key not in MODEL_KEYS:
+                raise ConfigError(f"members.{name}.{key} is not a model key; valid: {list(MODEL_KEYS)}")
+        model.update(overrides)
+        out.append(Member(name, entry.position, model, entry.tokens))
+    out.sort(key=lambda m: m.position)
+    positions = [m.position for m in out]
+    if positions != list(range(len(out))):
+        raise ConfigError(f"members.*.position must be 0..{len(out) - 1} without repeats, got {positions}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameter counts
+
+
+def param_count(m: Any) -> int:
+    """Total parameters by the analytic formula (tests check it against the layout)."""
+    D, F, L = m.hidden_size, m.ffn_size, m.num_layers
+    q = m.num_heads * m.head_dim
+    kv = m.num_kv_heads * m.head_dim
+    per_layer = 2 * D + D * q + 2 * D * kv + q * D + 3 * D * F
+    return layout.embedding_param_count(m) + L * per_layer + D
+
+
+def non_embedding_param_count(m: Any) -> int:
+    """N: parameters outside the token embedding and LM head (the N of scaling laws and LR rules)."""
+    return param_count(m) - layout.embedding_param_count(m)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def validate_model(m: Any, prefix: str = "model") -> None:
+    for key in SIZE_KEYS:
+        value = m[key]
+        _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+               f"{prefix}.{key}={value!r} must be a positive integer")
+    _check(m.num_heads % m.num_kv_heads == 0,
+           f"{prefix}.num_heads={m.num_heads} must be divisible by {prefix}.num_kv_heads={m.num_kv_heads}")
+    _check(m.dtype in DTYPES, f"{prefix}.dtype={m.dtype!r} must be one of {list(DTYPES)}")
+    _check(m.attention_impl in ATTENTION_IMPLS,
+           f"{prefix}.attention_impl={m.attention_impl!r} must be one of {list(ATTENTION_IMPLS)}")
+    _check(m.remat_policy in REMAT_POLICIES,
+           f"{prefix}.remat_policy={m.remat_policy!r} must be one of {list(REMAT_POLICIES)}")
+    _check(m.head_dim % 2 == 0, f"{prefix}.head_dim={m.head_dim} must be even (RoPE rotates pairs)")
+    _check(m.rope_theta > 0, f"{prefix}.rope_theta={m.rope_theta} must be > 0")
+    _check(m.norm_eps > 0, f"{prefix}.norm_eps={m.norm_eps} must be > 0")
+    _check(m.init_std > 0, f"{prefix}.init_std={m.init_std} must be > 0")
+
+
+def validate_growth(src: Any, dst: Any, src_name: str = "source", dst_name: str = "target") -> None:
+    """A family step (or an expansion) must not shrink any size nor change vocab or head_dim."""
+    for key in ("vocab_size", "head_dim"):
+        _check(src[key] == dst[key],
+               f"{dst_name}.{key}={dst[key]} must equal {src_name}.{key}={src[key]} (expansion cannot change it)")
+    for key in ("hidden_size", "ffn_size", "num_layers", "num_heads", "num_kv_heads"):
+        _check(dst[key] >= src[key],
+               f"{dst_name}.{key}={dst[key]} shrinks from {src_name}.{key}={src[key]}; sizes may only grow")
+
+
+def validate(config: ml_collections.ConfigDict) -> list[Member]:
+    """Checks the whole run config; returns the ordered members. Raises ConfigError naming the field."""
+    _check(config.mode in ("progressive", "independent"),
+           f"mode={config.mode!r} must be 'progressive' or 'independent'")
+    _check(config.budget_scale > 0, f"budget_scale={config.budget_scale} must be > 0")
+    _check(config.budget.largest_tokens > 0, f"budget.largest_tokens={config.budget.largest_tokens} must be > 0")
+    _check(config.budget.rule in ("paper", "equal"), f"budget.rule={config.budget.rule!r} must be 'paper' or 'equal'")
+    _check(config.skip_nonfinite_steps >= 0, f"skip_nonfinite_steps={config.skip_nonfinite_steps} must be >= 0")
+    _check(config.distributed in ("auto", "on", "off"),
+           f"distributed={config.distributed!r} must be one of ['auto', 'on', 'off']")
+    if config.profile_steps:
+        parts = config.profile_steps.split(":")
+        _check(len(parts) == 2 and all(p.isdigit() for p in parts) and int(parts[0]) < int(parts[1]),
+               f"profile_steps={config.profile_steps!r} must be 'a:b' with integers a < b")
+    validate_model(config.model)
+    fam = members(config)
+    for mem in fam:
+        prefix = "model" if mem.name == "model" else f"members.{mem.name}"
+        validate_model(mem.model, prefix)
+    for prev, cur in zip(fam, fam[1:]):
+        validate_growth(prev.model, cur.model, f"members.{prev.name}", f"members.{cur.name}")
+
+    d = config.data
+    for key in ("seq_len", "batch_size", "eval_batches", "prefetch"):
+        _check(isinstance(d[key], int) and d[key] > 0, f"data.{key}={d[key]!r} must be a positive integer")
+    o = config.optimizer
+    _check(o.grad_accum_steps >= 1, f"optimizer.grad_accum_steps={o.grad_accum_steps} must be >= 1")
+    _check(d.batch_size % o.grad_accum_steps == 0,
+           f"data.batch_size={d.batch_size} must be divisible by optimizer.grad_accum_steps={o.grad_accum_steps}")
+    _check(0 <= o.b1 < 1 and 0 <= o.b2 < 1, f"optimizer.b1={o.b1}, optimizer.b2={o.b2} must be in [0, 1)")
+    _check(o.weight_decay >= 0 and o.clip_norm >= 0, "optimizer.weight_decay and optimizer.clip_norm must be >= 0")
+
+    lr = config.lr
+    _check(lr.rule in LR_RULES, f"lr.rule={lr.rule!r} must be one of {list(LR_RULES)}")
+    _check(lr.decay in LR_DECAYS, f"lr.decay={lr.decay!r} must be one of {list(LR_DECAYS)}")
+    _check(lr.peak > 0, f"lr.peak={lr.peak} must be > 0")
+    _check(0 <= lr.warmup_fraction < 1, f"lr.warmup_fraction={lr.warmup_fraction} must be in [0, 1)")
+    _check(0 <= lr.min_lr_ratio <= 1, f"lr.min_lr_ratio={lr.min_lr_ratio} must be in [0, 1]")
+    _check(0 < lr.wsd_decay_fraction <= 1, f"lr.wsd_decay_fraction={lr.wsd_decay_fraction} must be in (0, 1]")
+
+    e = config.expansion
+    _check(e.method in EXPANSION_METHODS, f"expansion.method={e.method!r} must be one of {list(EXPANSION_METHODS)}")
+    _check(e.depth in DEPTH_STRATEGIES, f"expansion.depth={e.depth!r} must be one of {list(DEPTH_STRATEGIES)}")
+    _check(e.depth_position in ("interleave", "top"),
+           f"expansion.depth_position={e.depth_position!r} must be 'interleave' or 'top'")
+    _check(e.opt_state in ("carry", "reset"), f"expansion.opt_state={e.opt_state!r} must be 'carry' or 'reset'")
+    _check(e.noise >= 0, f"expansion.noise={e.noise} must be >= 0")
+    _check(config.consistency.weight >= 0, f"consistency.weight={config.consistency.weight} must be >= 0")
+    _check(0 < config.consistency.fraction <= 1, f"consistency.fraction={config.consistency.fraction} must be in (0, 1]")
+
+    for axis in ("data", "fsdp", "tensor"):
+        v = config.mesh[axis]
+        _check(isinstance(v, int) and (v > 0 or v == -1), f"mesh.{axis}={v!r} must be a positive integer or -1")
+    _check(sum(config.mesh[a] == -1 for a in ("data", "fsdp", "tensor")) <= 1,
+           "at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+    _check(config.mesh.dcn_data >= 1, f"mesh.dcn_data={config.mesh.dcn_data} must be >= 1")
+    _check(config.checkpoint.every_steps > 0, f"checkpoint.every_steps={config.checkpoint.every_steps} must be > 0")
+    _check(config.checkpoint.keep >= 1, f"checkpoint.keep={config.checkpoint.keep} must be >= 1")
+    _check(config.log.every_steps > 0, f"log.every_steps={config.log.every_steps} must be > 0")
+    _check(config.log.eval_every_steps > 0, f"log.eval_every_steps={config.log.eval_every_steps} must be > 0")
+    return fam
+
+
+def config_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts (added and removed keys included)."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(config_diff(a, b, name + "."))
+        elif a != b and not (isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b)):
+            out.append(name)
+    return out
+
+
+def drift(saved: dict, current: dict) -> list[str]:
+    """Differing keys that are not run-length, logging or placement keys (see RESUMABLE_KEYS)."""
+    return [k for k in config_diff(saved, current)
+            if not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE_KEYS)]

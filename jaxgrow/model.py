@@ -1,0 +1,198 @@
+"""Llama-style decoder-only transformer in Flax (linen), with block params stacked and scanned.
+
+Public API (stable):
+    init_params(model_cfg, key) -> params   a plain nested dict of float32 arrays (layout.py)
+    logits(params, model_cfg, tokens) -> [batch, seq, vocab] float32
+
+Parameters are declared from `layout.param_specs`; the modules below only *read* that declaration,
+so the model, sharding, expansion and export can never disagree on a shape. Compute runs in
+`model_cfg.dtype` (float32 or bfloat16); RMSNorm statistics, softmax and logits are float32.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxgrow import layout, sharding
+
+_REMAT = {
+    "full": None,  # save nothing: recompute the whole block in the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def _frozen(cfg: Any) -> ml_collections.FrozenConfigDict:
+    return cfg if isinstance(cfg, ml_collections.FrozenConfigDict) else ml_collections.FrozenConfigDict(cfg)
+
+
+def _initializer(spec: layout.ParamSpec):
+    if spec.init == "ones":
+        return nn.initializers.ones
+    if spec.init == "zeros":
+        return nn.initializers.zeros
+    return nn.initializers.normal(stddev=spec.std)
+
+
+class _Params(nn.Module):
+    """Declares the parameters of one layout group (e.g. layers/attn) and returns them as a dict.
+
+    Inside the layer scan the leading `layers` axis is added by nn.scan, so stacked specs are
+    declared per layer (shape[1:]).
+    """
+
+    specs: tuple
+
+    @nn.compact
+    def __call__(self) -> dict:
+        out = {}
+        for spec in self.specs:
+            shape = spec.shape[1:] if spec.stacked else spec.shape
+            out[spec.path[-1]] = self.param(spec.path[-1], _initializer(spec), shape, jnp.float32)
+        return out
+
+
+def _group(cfg, *prefix: str) -> tuple:
+    n = len(prefix)
+    return tuple(s for s in layout.param_specs(cfg) if s.path[:n] == prefix and len(s.path) == n + 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure math (shared by the Flax modules and the tests' reference implementations)
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """x: [..., D] in the compute dtype; statistics in float32; returns x's dtype."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (normed * scale).astype(x.dtype)
+
+
+def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos, sin: [seq, head_dim] float32, in the Hugging Face Llama (rotate-half) convention."""
+    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    freqs = np.outer(np.arange(seq_len, dtype=np.float32), inv_freq)
+    emb = np.concatenate([freqs, freqs], axis=-1)
+    return jnp.asarray(np.cos(emb)), jnp.asarray(np.sin(emb))
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x: [batch, seq, heads, head_dim]; rotation computed in float32."""
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    out = x32 * cos[None, :, None, :] + rotated * sin[None, :, None, :]
+    return out.astype(x.dtype)
+
+
+def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Causal GQA by explicit einsums. q: [B,T,H,d]; k, v: [B,T,K,d] -> [B,T,H,d]."""
+    B, T, H, d = q.shape
+    K = k.shape[2]
+    qg = q.reshape(B, T, K, H // K, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) / np.sqrt(d)
+    mask = np.tril(np.ones((T, T), dtype=bool))
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(B, T, H, d)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str) -> jax.Array:
+    """Causal attention with the configured implementation (see config.ATTENTION_IMPLS)."""
+    if impl == "reference":
+        return reference_attention(q, k, v)
+    if impl == "auto":
+        impl = "cudnn" if (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)) else "xla"
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
+
+
+def _dense(x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
+    return jnp.einsum(spec, x, w.astype(x.dtype))
+
+
+# ----------------------------------------------------------------------------------------------
+# Flax modules
+
+
+class Block(nn.Module):
+    """One pre-norm block: h += Attn(RMSNorm(h)); h += SwiGLU(RMSNorm(h)). Scanned over layers."""
+
+    cfg: ml_collections.FrozenConfigDict
+
+    @nn.compact
+    def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array]):
+        cfg = self.cfg
+        attn_norm = _Params(_group(cfg, "layers", "attn_norm"), name="attn_norm")()
+        attn = _Params(_group(cfg, "layers", "attn"), name="attn")()
+        mlp_norm = _Params(_group(cfg, "layers", "mlp_norm"), name="mlp_norm")()
+        mlp = _Params(_group(cfg, "layers", "mlp"), name="mlp")()
+        cos, sin = rope
+
+        h = rms_norm(x, attn_norm["scale"], cfg.norm_eps)
+        q = apply_rope(_dense(h, attn["q_proj"], "btd,dhk->bthk"), cos, sin)
+        k = apply_rope(_dense(h, attn["k_proj"], "btd,dhk->bthk"), cos, sin)
+        v = _dense(h, attn["v_proj"], "btd,dhk->bthk")
+        q = sharding.constrain(q, ("batch", "length", "activation_heads", "head_dim"))
+        o = attention(q, k, v, cfg.attention_impl)
+        x = x + _dense(o, attn["o_proj"], "bthk,hkd->btd")
+        x = sharding.constrain(x, ("batch", "length", "activation_embed"))
+
+        h = rms_norm(x, mlp_norm["scale"], cfg.norm_eps)
+        gate = _dense(h, mlp["gate_proj"], "btd,df->btf")
+        up = _dense(h, mlp["up_proj"], "btd,df->btf")
+        act = sharding.constrain(jax.nn.silu(gate) * up, ("batch", "length", "activation_mlp"))
+        x = x + _dense(act, mlp["down_proj"], "btf,fd->btd")
+        x = sharding.constrain(x, ("batch", "length", "activation_embed"))
+        return x, None
+
+
+class Decoder(nn.Module):
+    cfg: ml_collections.FrozenConfigDict
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        dtype = jnp.dtype(cfg.dtype)
+        embedding = _Params(_group(cfg, "embed"), name="embed")()["embedding"]
+        x = jnp.take(embedding, tokens, axis=0).astype(dtype)
+        x = sharding.constrain(x, ("batch", "length", "activation_embed"))
+
+        block = Block
+        if cfg.remat_policy != "none":
+            block = nn.remat(Block, policy=_REMAT[cfg.remat_policy], prevent_cse=False)
+        stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                        in_axes=nn.broadcast, length=cfg.num_layers)
+        x, _ = stack(cfg, name="layers")(x, rope_tables(tokens.shape[1], cfg.head_dim, cfg.rope_theta))
+
+        x = rms_norm(x, _Params(_group(cfg, "final_norm"), name="final_norm")()["scale"], cfg.norm_eps)
+        if cfg.tie_embeddings:
+            head, spec = embedding, "btd,vd->btv"
+        else:
+            head, spec = _Params(_group(cfg, "lm_head"), name="lm_head")()["kernel"], "btd,dv->btv"
+        out = jnp.einsum(spec, x, head.astype(dtype), preferred_element_type=jnp.float32)
+        return sharding.constrain(out, ("batch", "length", "activation_vocab"))
+
+
+@functools.lru_cache(maxsize=64)
+def _module(cfg: ml_collections.FrozenConfigDict) -> Decoder:
+    return Decoder(cfg)
+
+
+def init_params(model_cfg: Any, key: jax.Array) -> dict:
+    """Fresh float32 parameters: a plain nested dict in the layout of `layout.param_specs`."""
+    cfg = _frozen(model_cfg)
+    variables = _module(cfg).init(key, jnp.zeros((1, 1), jnp.int32))
+    return jax.tree.map(lambda x: x, nn.unbox(variables["params"]))  # plain dicts, no FrozenDict
+
+
+def logits(params: dict, model_cfg: Any, tokens: jax.Array) -> jax.Array:
+    """tokens: [batch, seq] int32 -> next-token logits [batch, seq, vocab] float32."""
+    return _module(_frozen(model_cfg)).apply({"params": params}, tokens)

@@ -1,0 +1,114 @@
+"""`plan`: per-member sizes, FLOPs, budgets, per-device memory and XLA's compiled memory analysis of
+the train step (and of each expansion step) on the configured mesh, all ahead of time on abstract
+inputs: no weights are allocated, so the 8B member plans on a laptop CPU with forced host devices.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxgrow import config as config_lib, expand, family, sharding, train
+
+
+def _per_device_bytes(abstract: Any) -> int:
+    """Bytes one device holds for a tree of sharded ShapeDtypeStructs (the largest shard)."""
+    total = 0
+    for x in jax.tree.leaves(abstract):
+        shard = x.sharding.shard_shape(x.shape)
+        total += math.prod(shard) * jnp.dtype(x.dtype).itemsize
+    return total
+
+
+def _memory(compiled) -> dict:
+    m = compiled.memory_analysis()
+    if m is None:
+        return {}
+    keys = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
+            "generated_code_size_in_bytes")
+    return {k: int(getattr(m, k, 0)) for k in keys}
+
+
+def compile_train_step(cfg: Any, stage: family.StageBudget, mesh: jax.sharding.Mesh):
+    """AOT-compiled train step of one stage on abstract, sharded inputs."""
+    optimizer = train.make_optimizer(cfg.optimizer, stage.model)
+    abstract = train.abstract_state(stage.model, optimizer, mesh)
+    shardings = jax.tree.map(lambda x: x.sharding, abstract)
+    step_fn = train.make_train_step(stage.model, optimizer, family.lr_schedule(cfg, stage),
+                                    grad_accum_steps=cfg.optimizer.grad_accum_steps)
+    batch = jax.ShapeDtypeStruct((cfg.data.batch_size, cfg.data.seq_len + 1), jnp.int32,
+                                 sharding=sharding.batch_sharding(mesh))
+    with jax.set_mesh(mesh):
+        lowered = train.jit_train_step(step_fn, shardings, mesh).lower(abstract, batch)
+        return abstract, lowered.compile()
+
+
+def compile_expansion(cfg: Any, prev: family.StageBudget, stage: family.StageBudget, mesh: jax.sharding.Mesh):
+    src = train.abstract_state(prev.model, train.make_optimizer(cfg.optimizer, prev.model), mesh).params
+    dst = sharding.param_shardings(stage.model, mesh)
+    e = cfg.expansion
+    fn = jax.jit(functools.partial(expand.expand_params, src_cfg=prev.model, dst_cfg=stage.model, method=e.method,
+                                   depth=e.depth, depth_position=e.depth_position, noise=e.noise, map_seed=cfg.seed),
+                 out_shardings=dst)
+    with jax.set_mesh(mesh):
+        return fn.lower(src, key=jax.random.key(0)).compile()
+
+
+def plan_rows(cfg: Any, compile_steps: bool = True) -> tuple[jax.sharding.Mesh, list[dict]]:
+    config_lib.validate(cfg)
+    mesh = sharding.make_mesh(cfg.mesh)
+    stages = family.budgets(cfg)
+    rows = []
+    for i, s in enumerate(stages):
+        optimizer = train.make_optimizer(cfg.optimizer, s.model)
+        abstract = train.abstract_state(s.model, optimizer, mesh)
+        row = {"name": s.name, "params": s.params, "non_embedding_params": s.non_embedding_params,
+               "train_flops_per_token": s.train_flops_per_token, "tokens": s.tokens, "steps": s.steps,
+               "stage_flops": s.train_flops, "param_bytes_per_device": _per_device_bytes(abstract.params),
+               "opt_bytes_per_device": _per_device_bytes(abstract.opt_state)}
+        if compile_steps:
+            t0 = time.perf_counter()
+            _, compiled = compile_train_step(cfg, s, mesh)
+            row["train_step_memory"] = _memory(compiled)
+            row["train_step_compile_s"] = time.perf_counter() - t0
+            if i > 0 and cfg.mode == "progressive":
+                t0 = time.perf_counter()
+                row["expansion_memory"] = _memory(compile_expansion(cfg, stages[i - 1], s, mesh))
+                row["expansion_compile_s"] = time.perf_counter() - t0
+        rows.append(row)
+    return mesh, rows
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def print_plan(cfg: Any, compile_steps: bool = True) -> list[dict]:
+    mesh, rows = plan_rows(cfg, compile_steps)
+    print(f"mesh {dict(mesh.shape)} on {mesh.devices.size} {jax.devices()[0].platform} device(s); mode {cfg.mode}; "
+          f"batch {cfg.data.batch_size} x seq {cfg.data.seq_len}")
+    total = 0.0
+    for r in rows:
+        total += r["stage_flops"]
+        print(f"\n[{r['name']}] params {r['params'] / 1e9:.3f}B (non-embedding {r['non_embedding_params'] / 1e9:.3f}B), "
+              f"train FLOPs/token {r['train_flops_per_token']:.3g}")
+        print(f"  stage: {r['tokens']:.3g} tokens in {r['steps']} steps = {r['stage_flops']:.3g} FLOPs "
+              f"(cumulative {total:.3g})")
+        print(f"  per device: params {_gib(r['param_bytes_per_device'])} + optimizer {_gib(r['opt_bytes_per_device'])}")
+        if "train_step_memory" in r:
+            m = r["train_step_memory"]
+            print(f"  compiled train step ({r['train_step_compile_s']:.1f}s): arguments {_gib(m.get('argument_size_in_bytes', 0))}, "
+                  f"outputs {_gib(m.get('output_size_in_bytes', 0))} (aliased {_gib(m.get('alias_size_in_bytes', 0))}), "
+                  f"temporaries {_gib(m.get('temp_size_in_bytes', 0))} per device")
+        if "expansion_memory" in r:
+            m = r["expansion_memory"]
+            print(f"  compiled expansion from the previous member ({r['expansion_compile_s']:.1f}s): arguments "
+                  f"{_gib(m.get('argument_size_in_bytes', 0))}, outputs {_gib(m.get('output_size_in_bytes', 0))}, "
+                  f"temporaries {_gib(m.get('temp_size_in_bytes', 0))} per device")
+    print(f"\nfamily total: {total:.4g} train FLOPs")
+    return rows

@@ -1,0 +1,132 @@
+"""report.json / report.md / PNG plots for a finished family run."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxgrow import flops
+
+
+def read_metrics(workdir: Path) -> list[dict]:
+    """metrics.jsonl records; for repeated (stage, step, kind) after a resume the last one wins."""
+    path = Path(workdir, "metrics.jsonl")
+    if not path.exists():
+        return []
+    latest: dict[tuple, dict] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            latest[(r.get("stage"), r.get("step"), "eval_loss" in r)] = r
+    return sorted(latest.values(), key=lambda r: (r.get("stage", 0), r.get("step", 0)))
+
+
+def build(cfg: Any, stages: list, member_evals: list[dict], independent_stages: list) -> dict:
+    """The report dict. member_evals[i]: {'eval_loss', 'kl_to_next', 'kl_from_next'}."""
+    total = float(sum(s.train_flops for s in stages))
+    independent_total = float(sum(s.train_flops for s in independent_stages))
+    members, cumulative = [], 0.0
+    for s, ev in zip(stages, member_evals):
+        cumulative += s.train_flops
+        members.append({
+            "name": s.name, "params": s.params, "non_embedding_params": s.non_embedding_params, "tokens": s.tokens,
+            "steps": s.steps, "train_flops": s.train_flops, "cumulative_train_flops": cumulative,
+            "train_flops_per_token": s.train_flops_per_token, "eval_loss": ev["eval_loss"],
+            "eval_ppl": float(np.exp(min(ev["eval_loss"], 50.0))), "kl_to_next": ev["kl_to_next"],
+            "kl_from_next": ev["kl_from_next"],
+        })
+    return {
+        "mode": cfg.mode, "flops_convention": flops.CONVENTION, "total_train_flops": total,
+        "independent_total_train_flops": independent_total,
+        "flops_saved_fraction": 1.0 - total / independent_total if independent_total else 0.0,
+        "expansion": {"method": cfg.expansion.method, "depth": cfg.expansion.depth} if cfg.mode == "progressive" else None,
+        "lr_rule": cfg.lr.rule, "consistency_weight": cfg.consistency.weight, "members": members,
+    }
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# jaxgrow family report ({report['mode']})", "",
+             f"Total train FLOPs: {report['total_train_flops']:.4g} "
+             f"(independent family: {report['independent_total_train_flops']:.4g}; "
+             f"saved: {100 * report['flops_saved_fraction']:.1f}%)", "",
+             f"FLOPs convention: {report['flops_convention']}", "",
+             "| member | params | non-emb params | tokens | train FLOPs | eval loss | eval ppl | KL(this‖next) | KL(next‖this) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    fmt = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
+    for m in report["members"]:
+        lines.append(f"| {m['name']} | {m['params']:,} | {m['non_embedding_params']:,} | {m['tokens']:,} | "
+                     f"{m['train_flops']:.3g} | {m['eval_loss']:.4f} | {m['eval_ppl']:.2f} | "
+                     f"{fmt(m['kl_to_next'])} | {fmt(m['kl_from_next'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def plot_eval_vs_flops(series: dict[str, list[tuple[float, float]]], path: Path, title: str) -> None:
+    """series: label -> [(cumulative FLOPs, eval loss)]."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, points in series.items():
+        if points:
+            x, y = zip(*points)
+            ax.plot(x, y, marker=".", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative train FLOPs")
+    ax.set_ylabel("held-out loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_lr(stages: list, schedules: list, path: Path) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    offset = 0
+    for s, sched in zip(stages, schedules):
+        steps = np.arange(s.steps)
+        ax.plot(offset + steps, [float(v) for v in sched(steps)], label=s.name)
+        offset += s.steps
+    ax.set_xlabel("step (all stages)")
+    ax.set_ylabel("learning rate")
+    ax.set_title("LR schedule per stage (each re-warms to its own peak)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def eval_series(metrics: list[dict]) -> dict[str, list[tuple[float, float]]]:
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in metrics:
+        if "eval_loss" in r:
+            series.setdefault(r["member"], []).append((r["train_flops"], r["eval_loss"]))
+    return series
+
+
+def write(workdir: Path, report: dict, stages: list, schedules: list) -> None:
+    workdir = Path(workdir)
+    _atomic_write(workdir / "report.json", json.dumps(report, indent=2))
+    _atomic_write(workdir / "report.md", markdown(report))
+    plot_eval_vs_flops(eval_series(read_metrics(workdir)), workdir / "eval_loss_vs_flops.png",
+                       f"held-out loss vs cumulative FLOPs ({report['mode']})")
+    plot_lr(stages, schedules, workdir / "lr_schedule.png")

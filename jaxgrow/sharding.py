@@ -1,0 +1,126 @@
+"""Device mesh from config, logical-axis -> mesh-axis resolution, NamedShardings for layout trees.
+
+The rules live in `layout.LOGICAL_AXIS_RULES` (one table). A dimension is sharded over its mesh
+axes only when its size is divisible by their product; otherwise it is replicated, so e.g. MQA's
+single KV head simply stays whole under tensor parallelism.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from jaxgrow import layout
+from jaxgrow.config import InputError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+class MeshError(InputError):
+    """The mesh does not fit the devices."""
+
+
+def resolve_mesh_shape(mesh_cfg: Any, num_devices: int) -> tuple[int, int, int]:
+    """(data, fsdp, tensor) with -1 filled in; data includes the dcn_data factor."""
+    sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+    dcn = int(mesh_cfg.get("dcn_data", 1))
+    sizes[0] *= dcn if sizes[0] != -1 else 1
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if num_devices % known:
+            raise MeshError(f"mesh: {num_devices} devices are not divisible by the fixed axes "
+                            f"{dict(zip(MESH_AXES, sizes))}; choose mesh.data/fsdp/tensor whose product divides it")
+        sizes[sizes.index(-1)] = num_devices // known
+    if math.prod(sizes) != num_devices:
+        raise MeshError(f"mesh.data*mesh.fsdp*mesh.tensor (x mesh.dcn_data) = {math.prod(sizes)} "
+                        f"but there are {num_devices} devices; make the product equal or set one axis to -1")
+    if dcn > 1 and sizes[0] % dcn:
+        raise MeshError(f"mesh.dcn_data={dcn} must divide the data axis size {sizes[0]}")
+    return tuple(sizes)
+
+
+def make_mesh(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ("data", "fsdp", "tensor") mesh with Auto (GSPMD) axes.
+
+    With mesh.dcn_data > 1 on multi-slice TPU, the data axis spans slices (hybrid mesh: fast ICI
+    inside a slice for fsdp/tensor, DCN only for data parallelism).
+    """
+    devices = list(devices if devices is not None else jax.devices())
+    shape = resolve_mesh_shape(mesh_cfg, len(devices))
+    dcn = int(mesh_cfg.get("dcn_data", 1))
+    if dcn > 1 and hasattr(devices[0], "slice_index"):
+        ici = (shape[0] // dcn, shape[1], shape[2])
+        grid = mesh_utils.create_hybrid_device_mesh(ici, (dcn, 1, 1), devices)
+    else:
+        try:
+            grid = mesh_utils.create_device_mesh(shape, devices)
+        except (ValueError, NotImplementedError, AssertionError):
+            grid = np.asarray(devices).reshape(shape)
+    return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+def logical_to_spec(axes: Sequence[str], shape: Sequence[int], mesh_shape: dict[str, int]) -> PartitionSpec:
+    """PartitionSpec for an array with these logical axes, replicating non-divisible dims."""
+    used: set[str] = set()
+    parts = []
+    for name, size in zip(axes, shape):
+        mesh_axes = tuple(a for a in layout.LOGICAL_AXIS_RULES[name] if mesh_shape.get(a, 1) > 1 and a not in used)
+        if mesh_axes and size % math.prod(mesh_shape[a] for a in mesh_axes) == 0:
+            used.update(mesh_axes)
+            parts.append(mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
+        else:
+            parts.append(None)
+    return PartitionSpec(*parts)
+
+
+def param_shardings(model_cfg: Any, mesh: Mesh) -> dict:
+    """NamedSharding tree in the layout's shape."""
+    return layout.build_tree(model_cfg, lambda s: NamedSharding(mesh, logical_to_spec(s.axes, s.shape, dict(mesh.shape))))
+
+
+def _key_names(path) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def tree_shardings(tree: Any, model_cfg: Any, mesh: Mesh) -> Any:
+    """Shardings for any pytree holding param-shaped leaves (train state, optimizer state).
+
+    A leaf whose key path ends with a layout path and has that param's shape gets the param's
+    sharding (Adam moments follow their params); every other leaf (counters, scalars) is replicated.
+    """
+    specs = layout.spec_by_path(model_cfg)
+    longest = max(len(p) for p in specs)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    mesh_shape = dict(mesh.shape)
+
+    def pick(path, leaf):
+        names = _key_names(path)
+        for n in range(min(longest, len(names)), 0, -1):
+            spec = specs.get(names[-n:])
+            if spec is not None and tuple(leaf.shape) == spec.shape:
+                return NamedSharding(mesh, logical_to_spec(spec.axes, spec.shape, mesh_shape))
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """[batch, ...] arrays split over data x fsdp."""
+    return NamedSharding(mesh, PartitionSpec(layout.LOGICAL_AXIS_RULES["batch"], *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def constrain(x: jax.Array, axes: Sequence[str]) -> jax.Array:
+    """with_sharding_constraint by logical axes under the current mesh (no-op without one)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, x.shape, dict(mesh.shape)))

@@ -1,0 +1,368 @@
+"""One training stage: the train state, the jitted (sharded, donated) train and eval steps, the loop.
+
+`family.py` is the only module that knows there are several stages; here a stage is: a model
+config, an initial state, a data iterator, a step count and an LR schedule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxgrow import checkpoint, layout, model, sharding
+
+log = logging.getLogger("jaxgrow")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array       # int32 []: updates attempted in this stage (the LR schedule's step)
+    params: dict          # float32 master weights (layout.py)
+    opt_state: Any        # optax state (no LR counter: the LR is computed from `step`)
+    nonfinite: jax.Array  # int32 []: steps skipped in this stage because loss or grads were not finite
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class Preempted(Exception):
+    """Raised after a preemption checkpoint has been written; the run exits cleanly."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimizer, loss, steps
+
+
+def make_optimizer(opt_cfg: Any, model_cfg: Any) -> optax.GradientTransformation:
+    """AdamW without the LR: clip -> Adam -> decoupled weight decay (not on norm gains).
+
+    The train step multiplies the update by -lr(step), so the optimizer state holds no schedule
+    counter and can be carried across stages whose schedules differ.
+    """
+    decay_mask = layout.build_tree(model_cfg, lambda s: "gain" not in s.roles)
+    parts = []
+    if opt_cfg.clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(opt_cfg.clip_norm))
+    parts.append(optax.scale_by_adam(b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps))
+    if opt_cfg.weight_decay > 0:
+        parts.append(optax.add_decayed_weights(opt_cfg.weight_decay, mask=decay_mask))
+    return optax.chain(*parts)
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean next-token cross-entropy in nats. logits [B,T,V] float32, targets [B,T] int."""
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets))
+
+
+def kl_divergence(p_logits: jax.Array, q_logits: jax.Array) -> jax.Array:
+    """Mean over tokens of KL(p || q) in nats, both given as logits [..., V]."""
+    logp = jax.nn.log_softmax(p_logits.astype(jnp.float32), axis=-1)
+    logq = jax.nn.log_softmax(q_logits.astype(jnp.float32), axis=-1)
+    return jnp.mean(jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1))
+
+
+@dataclasses.dataclass(frozen=True)
+class Consistency:
+    """Cross-size consistency: + weight(step) * KL(p_teacher || p_student), weight -> 0 linearly.
+
+    weight(step) = weight * max(0, 1 - step / active_steps); the teacher runs only while > 0.
+    """
+
+    teacher_cfg: Any
+    weight: float
+    active_steps: int
+
+    def weight_at(self, step: jax.Array) -> jax.Array:
+        frac = step.astype(jnp.float32) / max(self.active_steps, 1)
+        return self.weight * jnp.maximum(0.0, 1.0 - frac)
+
+
+def make_train_step(model_cfg: Any, optimizer: optax.GradientTransformation,
+                    schedule: Callable, *, grad_accum_steps: int = 1,
+                    consistency: Consistency | None = None) -> Callable:
+    """(state, batch[B, T+1], teacher_params | None) -> (state, metrics). Pure; jit it."""
+
+    def loss_fn(params, tokens, teacher_params, weight):
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        out = model.logits(params, model_cfg, inputs)
+        ce = cross_entropy(out, targets)
+        if consistency is None:
+            return ce, (ce, jnp.float32(0.0))
+
+        def with_teacher():
+            teacher = model.logits(teacher_params, consistency.teacher_cfg, inputs)
+            return kl_divergence(jax.lax.stop_gradient(teacher), out)
+
+        kl = jax.lax.cond(weight > 0, with_teacher, lambda: jnp.float32(0.0))
+        return ce + weight * kl, (ce, kl)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step_fn(state: TrainState, batch: jax.Array, teacher_params: Any = None):
+        weight = consistency.weight_at(state.step) if consistency else jnp.float32(0.0)
+        if grad_accum_steps == 1:
+            (loss, (ce, kl)), grads = grad_fn(state.params, batch, teacher_params, weight)
+        else:
+            # Micro-batch j takes every A-th row, so each stays spread over the batch-sharded devices.
+            micro = batch.reshape(batch.shape[0] // grad_accum_steps, grad_accum_steps, -1).swapaxes(0, 1)
+
+            def accumulate(carry, tokens):
+                (l, (c, k)), g = grad_fn(state.params, tokens, teacher_params, weight)
+                return jax.tree.map(jnp.add, carry, (l, c, k, g)), None
+
+            zeros = (jnp.float32(0), jnp.float32(0), jnp.float32(0), jax.tree.map(jnp.zeros_like, state.params))
+            (loss, ce, kl, grads), _ = jax.lax.scan(accumulate, zeros, micro)
+            loss, ce, kl, grads = jax.tree.map(lambda x: x / grad_accum_steps, (loss, ce, kl, grads))
+
+        grad_norm = optax.global_norm(grads)
+        updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
+        lr = schedule(state.step)
+        new_params = jax.tree.map(lambda p, u: p - lr * u, state.params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
+                               opt_state=keep(new_opt, state.opt_state),
+                               nonfinite=state.nonfinite + (~finite).astype(jnp.int32))
+        metrics = {"loss": ce, "total_loss": loss, "consistency_kl": kl, "consistency_weight": weight,
+                   "grad_norm": grad_norm, "lr": lr, "finite": finite}
+        return new_state, metrics
+
+    return step_fn
+
+
+def make_eval_step(model_cfg: Any) -> Callable:
+    """(params, batch[B, T+1]) -> summed token NLL and token count, for exact averaging."""
+
+    def eval_fn(params, batch):
+        out = model.logits(params, model_cfg, batch[:, :-1])
+        nll = optax.softmax_cross_entropy_with_integer_labels(out, batch[:, 1:])
+        return jnp.sum(nll), jnp.float32(nll.size)
+
+    return eval_fn
+
+
+# ----------------------------------------------------------------------------------------------
+# State creation and sharding
+
+
+def state_shardings(abstract_state: TrainState, model_cfg: Any, mesh: jax.sharding.Mesh) -> TrainState:
+    return sharding.tree_shardings(abstract_state, model_cfg, mesh)
+
+
+def new_state(params: Any, opt_state: Any) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
+                      nonfinite=jnp.zeros((), jnp.int32))
+
+
+def init_state(model_cfg: Any, optimizer: optax.GradientTransformation, key: jax.Array,
+               mesh: jax.sharding.Mesh) -> TrainState:
+    """Fresh state created directly sharded (eval_shape -> shardings -> jit(out_shardings))."""
+
+    def init(k):
+        params = model.init_params(model_cfg, k)
+        return new_state(params, optimizer.init(params))
+
+    abstract = jax.eval_shape(init, key)
+    with jax.set_mesh(mesh):
+        return jax.jit(init, out_shardings=state_shardings(abstract, model_cfg, mesh))(key)
+
+
+def abstract_state(model_cfg: Any, optimizer: optax.GradientTransformation, mesh: jax.sharding.Mesh) -> TrainState:
+    """ShapeDtypeStructs (with shardings) of a state, without allocating it."""
+    abstract = jax.eval_shape(lambda k: new_state(p := model.init_params(model_cfg, k), optimizer.init(p)),
+                              jax.random.key(0))
+    shards = state_shardings(abstract, model_cfg, mesh)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shards)
+
+
+def jit_train_step(step_fn: Callable, shardings: TrainState, mesh: jax.sharding.Mesh,
+                   teacher_shardings: Any = None) -> Callable:
+    batch = sharding.batch_sharding(mesh)
+    in_shardings = (shardings, batch) if teacher_shardings is None else (shardings, batch, teacher_shardings)
+    return jax.jit(step_fn, in_shardings=in_shardings, out_shardings=(shardings, sharding.replicated(mesh)),
+                   donate_argnums=0)
+
+
+def evaluate_loss(eval_step: Callable, params: Any, batches: list[jax.Array]) -> float:
+    """Mean token NLL over the fixed held-out batches."""
+    total, count = 0.0, 0.0
+    for b in batches:
+        s, n = eval_step(params, b)
+        total, count = total + s, count + n
+    return float(total / count)
+
+
+# ----------------------------------------------------------------------------------------------
+# Logging
+
+
+class MetricsLog:
+    """metrics.jsonl (one JSON object per line) + TensorBoard event files; process 0 only."""
+
+    def __init__(self, workdir: Path):
+        self.enabled = jax.process_index() == 0
+        self._tb = None
+        if self.enabled:
+            self._path = Path(workdir, "metrics.jsonl")
+            from tensorboardX import SummaryWriter  # noqa: PLC0415
+
+            self._tb = SummaryWriter(str(Path(workdir, "tb")))
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self._path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("step", "global_step"):
+                self._tb.add_scalar(f"{record.get('member', 'run')}/{key}", value, record.get("global_step", 0))
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+class SignalFlag:
+    """SIGTERM/SIGINT set a flag that the loop checks at each step boundary (no host sync).
+
+    A second SIGINT interrupts immediately (the default behaviour).
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("received %s: saving a checkpoint at the next step boundary", signal.Signals(signum).name)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclasses.dataclass
+class StageSpec:
+    """Everything the loop needs to know about one stage."""
+
+    index: int
+    name: str
+    model_cfg: Any
+    steps: int                   # total steps of the stage
+    tokens_per_step: int
+    train_flops_per_step: float  # analytic (flops.py), student only
+    teacher_flops_per_step: float  # forward of the consistency teacher while it is active
+    teacher_active_steps: int
+    flops_offset: float          # family FLOPs spent before this stage
+    meta: dict                   # written into every checkpoint (config, stage info)
+
+    def flops_at(self, step: int) -> float:
+        """Cumulative family FLOPs after `step` steps of this stage."""
+        return (self.flops_offset + step * self.train_flops_per_step
+                + min(step, self.teacher_active_steps) * self.teacher_flops_per_step)
+
+
+def run_stage(spec: StageSpec, state: TrainState, train_step: Callable, eval_step: Callable,
+              data_iter: Any, eval_batches: list, ckpts: checkpoint.Checkpoints, metrics_log: MetricsLog,
+              run_cfg: Any, workdir: Path, signals: SignalFlag, teacher_params: Any = None) -> TrainState:
+    """Trains `state` from its step to spec.steps, checkpointing, logging and evaluating.
+
+    Host syncs happen only at log, eval and checkpoint intervals. Raises Preempted after saving when
+    SIGTERM/SIGINT arrived, NonFiniteLoss (without saving) when more than
+    run_cfg.skip_nonfinite_steps steps were non-finite.
+    """
+    from tqdm import tqdm  # noqa: PLC0415
+
+    start = int(jax.device_get(state.step))
+    log_every, eval_every = run_cfg.log.every_steps, run_cfg.log.eval_every_steps
+    ckpt_every = run_cfg.checkpoint.every_steps
+    profile = tuple(int(x) for x in run_cfg.profile_steps.split(":")) if run_cfg.profile_steps else None
+    extra = (teacher_params,) if teacher_params is not None else ()
+    bar = tqdm(total=spec.steps, initial=start, desc=f"stage {spec.index} {spec.name}", unit="step",
+               disable=not (run_cfg.log.progress and jax.process_index() == 0), dynamic_ncols=True)
+    t_last, step_last = time.perf_counter(), start
+    base = {"stage": spec.index, "member": spec.name}
+
+    def save(step: int):
+        ckpts.save(step, state.params, state.opt_state,
+                   dict(spec.meta, data_state=data_iter.state(), nonfinite=int(jax.device_get(state.nonfinite))))
+
+    def check_finite(step: int):
+        bad = int(jax.device_get(state.nonfinite))
+        if bad > run_cfg.skip_nonfinite_steps:
+            raise NonFiniteLoss(f"non-finite loss or gradients at or before step {step} of stage {spec.index} "
+                                f"({spec.name}): {bad} bad step(s) > skip_nonfinite_steps={run_cfg.skip_nonfinite_steps}; "
+                                f"the last good checkpoint is kept in {ckpts.directory}")
+
+    for step in range(start, spec.steps):
+        if profile and step == profile[0]:
+            jax.profiler.start_trace(str(Path(workdir, "profile", f"{spec.index}-{spec.name}")))
+        state, metrics = train_step(state, next(data_iter), *extra)
+        done = step + 1
+        if profile and done == profile[1]:
+            jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+        bar.update(1)
+
+        if done % log_every == 0 or done == spec.steps:
+            m = jax.device_get(metrics)
+            check_finite(done)
+            now = time.perf_counter()
+            tps = (done - step_last) * spec.tokens_per_step / max(now - t_last, 1e-9)
+            t_last, step_last = now, done
+            record = dict(base, step=done, loss=float(m["loss"]), lr=float(m["lr"]), grad_norm=float(m["grad_norm"]),
+                          tokens_per_sec=tps, train_flops=spec.flops_at(done))
+            if teacher_params is not None:
+                record.update(consistency_kl=float(m["consistency_kl"]), consistency_weight=float(m["consistency_weight"]))
+            metrics_log.write(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
+
+        if done % eval_every == 0 or done == spec.steps:
+            loss = evaluate_loss(eval_step, state.params, eval_batches)
+            metrics_log.write(dict(base, step=done, eval_loss=loss, eval_ppl=math.exp(min(loss, 50.0)),
+                                   train_flops=spec.flops_at(done)))
+            t_last = time.perf_counter()  # keep eval time out of tokens_per_sec
+
+        stop = signals.signum is not None
+        if done % ckpt_every == 0 or done == spec.steps or stop:
+            check_finite(done)
+            save(done)
+            t_last = time.perf_counter()
+        if stop:
+            ckpts.wait()
+            bar.close()
+            raise Preempted(signals.signum)
+    bar.close()
+    ckpts.wait()
+    return state
