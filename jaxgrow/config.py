@@ -19,7 +19,7 @@ from jaxgrow import layout
 
 MODEL_KEYS = ("vocab_size", "hidden_size", "ffn_size", "num_layers", "num_heads", "num_kv_heads",
               "head_dim", "tie_embeddings", "rope_theta", "norm_eps", "dtype", "init_std",
-              "attention_impl", "remat_policy")
+              "attention_impl", "remat_policy", "scan_unroll")
 SIZE_KEYS = ("vocab_size", "hidden_size", "ffn_size", "num_layers", "num_heads", "num_kv_heads", "head_dim")
 DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLS = ("xla", "cudnn", "auto", "reference")
@@ -33,7 +33,8 @@ LR_DECAYS = ("cosine", "linear", "wsd")
 # the job on devices, and the override switch itself.
 RESUMABLE_KEYS = ("budget_scale", "budget.", "log.", "checkpoint.every_steps", "checkpoint.keep",
                   "checkpoint.async_save", "profile_steps", "allow_config_change", "mesh.",
-                  "model.remat_policy", "model.attention_impl", "distributed", "data.eval_batches")
+                  "model.remat_policy", "model.attention_impl", "model.scan_unroll", "distributed",
+                  "data.eval_batches", "data.prefetch")
 
 
 class InputError(ValueError):
@@ -61,6 +62,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     m.init_std = 0.02          # std of normal initialisers (residual writers: / sqrt(2L))
     m.attention_impl = "auto"  # xla | cudnn | auto (cudnn on GPU when possible) | reference (einsum)
     m.remat_policy = "none"    # none | full | dots | dots_no_batch (jax.checkpoint policies)
+    m.scan_unroll = 1          # layers per iteration of the layer scan (num_layers = fully unrolled)
     m.update(overrides)
     return m
 
@@ -223,6 +225,7 @@ def validate_model(m: Any, prefix: str = "model") -> None:
            f"{prefix}.attention_impl={m.attention_impl!r} must be one of {list(ATTENTION_IMPLS)}")
     _check(m.remat_policy in REMAT_POLICIES,
            f"{prefix}.remat_policy={m.remat_policy!r} must be one of {list(REMAT_POLICIES)}")
+    _check(isinstance(m.scan_unroll, int) and m.scan_unroll >= 1, f"{prefix}.scan_unroll={m.scan_unroll!r} must be >= 1")
     _check(m.head_dim % 2 == 0, f"{prefix}.head_dim={m.head_dim} must be even (RoPE rotates pairs)")
     _check(m.rope_theta > 0, f"{prefix}.rope_theta={m.rope_theta} must be > 0")
     _check(m.norm_eps > 0, f"{prefix}.norm_eps={m.norm_eps} must be > 0")

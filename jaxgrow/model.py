@@ -169,7 +169,8 @@ class Decoder(nn.Module):
         if cfg.remat_policy != "none":
             block = nn.remat(Block, policy=_REMAT[cfg.remat_policy], prevent_cse=False)
         stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                        in_axes=nn.broadcast, length=cfg.num_layers)
+                        in_axes=nn.broadcast, length=cfg.num_layers,
+                        unroll=min(cfg.get("scan_unroll", 1), cfg.num_layers))
         x, _ = stack(cfg, name="layers")(x, rope_tables(tokens.shape[1], cfg.head_dim, cfg.rope_theta))
 
         x = rms_norm(x, _Params(_group(cfg, "final_norm"), name="final_norm")()["scale"], cfg.norm_eps)
@@ -186,13 +187,25 @@ def _module(cfg: ml_collections.FrozenConfigDict) -> Decoder:
     return Decoder(cfg)
 
 
+@functools.lru_cache(maxsize=64)
+def _init_fn(cfg: ml_collections.FrozenConfigDict):
+    def init(key):
+        variables = _module(cfg).init(key, jnp.zeros((1, 1), jnp.int32))
+        return jax.tree.map(lambda x: x, nn.unbox(variables["params"]))  # plain dicts, no FrozenDict
+
+    return jax.jit(init)  # one compilation instead of many eager ops; inlines under an outer jit
+
+
 def init_params(model_cfg: Any, key: jax.Array) -> dict:
     """Fresh float32 parameters: a plain nested dict in the layout of `layout.param_specs`."""
-    cfg = _frozen(model_cfg)
-    variables = _module(cfg).init(key, jnp.zeros((1, 1), jnp.int32))
-    return jax.tree.map(lambda x: x, nn.unbox(variables["params"]))  # plain dicts, no FrozenDict
+    return _init_fn(_frozen(model_cfg))(key)
+
+
+@functools.lru_cache(maxsize=64)
+def _logits_fn(cfg: ml_collections.FrozenConfigDict):
+    return jax.jit(lambda params, tokens: _module(cfg).apply({"params": params}, tokens))
 
 
 def logits(params: dict, model_cfg: Any, tokens: jax.Array) -> jax.Array:
     """tokens: [batch, seq] int32 -> next-token logits [batch, seq, vocab] float32."""
-    return _module(_frozen(model_cfg)).apply({"params": params}, tokens)
+    return _logits_fn(_frozen(model_cfg))(params, tokens)

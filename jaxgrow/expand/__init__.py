@@ -22,6 +22,7 @@ Methods (width) x depth strategies; see the README's table for guarantees:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -50,8 +51,23 @@ def expand_params(params: dict, src_cfg: Any, dst_cfg: Any, *, method: str = "ze
     Raises ValueError naming the field for shrinking sizes, a changed head_dim or vocab, non-integer
     `tile` factors, num_heads not divisible by num_kv_heads, or an impossible tie.
     """
+    check(src_cfg, dst_cfg, method, depth, depth_position)
+    fn = _jitted("param", _frozen(src_cfg), _frozen(dst_cfg), method, depth, depth_position, map_seed, float(noise), "carry")
+    return fn(params, _default_key(key))
+
+
+def _frozen(cfg: Any) -> ml_collections.FrozenConfigDict:
+    return cfg if isinstance(cfg, ml_collections.FrozenConfigDict) else ml_collections.FrozenConfigDict(cfg)
+
+
+@functools.lru_cache(maxsize=128)
+def _jitted(kind, src_cfg, dst_cfg, method, depth, depth_position, map_seed, noise, policy):
+    """One compiled program per (configs, options): far faster than eager op-by-op, and it inlines
+    into a caller's jit (so `out_shardings` on the outer jit still apply)."""
     plan = make_plan(src_cfg, dst_cfg, method, depth, depth_position, map_seed)
-    return core.expand_tree(params, src_cfg, dst_cfg, plan, kind="param", key=_default_key(key), noise=noise)
+    if kind == "param":
+        return jax.jit(lambda tree, key: core.expand_tree(tree, src_cfg, dst_cfg, plan, kind="param", key=key, noise=noise))
+    return jax.jit(lambda tree: core.expand_tree(tree, src_cfg, dst_cfg, plan, kind=kind, key=None, noise=0.0))
 
 
 def _is_moments(node: Any) -> bool:
@@ -70,7 +86,8 @@ def expand_opt_state(opt_state: Any, params_src: dict, src_cfg: Any, dst_cfg: An
     """
     if policy not in ("carry", "reset"):
         raise ValueError(f"policy={policy!r} must be 'carry' or 'reset'")
-    plan = make_plan(src_cfg, dst_cfg, method, depth, depth_position, map_seed)
+    check(src_cfg, dst_cfg, method, depth, depth_position)
+    frozen = (_frozen(src_cfg), _frozen(dst_cfg), method, depth, depth_position, map_seed, 0.0, policy)
     params_def = jax.tree.structure(params_src)
     dst_shapes = layout.build_tree(dst_cfg, lambda s: s.shape)
 
@@ -81,7 +98,7 @@ def expand_opt_state(opt_state: Any, params_src: dict, src_cfg: Any, dst_cfg: An
     def moments(tree: dict, kind: str) -> dict:
         if policy == "reset":
             return zeros()
-        return core.expand_tree(tree, src_cfg, dst_cfg, plan, kind=kind, key=None, noise=0.0)
+        return _jitted(kind, *frozen)(tree)
 
     def visit(node: Any) -> Any:
         if _is_moments(node):

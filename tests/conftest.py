@@ -1,0 +1,54 @@
+"""Test setup: 8 forced host CPU devices (set before jax is imported) and shared fixtures."""
+
+import os
+
+# 8 forced host devices for the sharding tests; LLVM optimisation level 0 compiles the many small
+# test programs ~3x faster (both sides of every comparison run under the same flags).
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, env: dict | None = None, check: bool = False, timeout: float = 600,
+            devices: int = 1) -> subprocess.CompletedProcess:
+    """Runs `python -m jaxgrow.main ARGS` in a subprocess on `devices` forced CPU devices."""
+    full_env = dict(os.environ)
+    full_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    full_env["JAX_PLATFORMS"] = "cpu"
+    full_env.update(env or {})
+    proc = subprocess.run([sys.executable, "-m", "jaxgrow.main", *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"jaxgrow {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+# The tiny family at a fraction of its budget: shared by every test that needs trained members.
+TINY_FAMILY_ARGS = ("--config", "configs/family_tiny.py", "--config.budget_scale=0.15",
+                    "--config.log.progress=False", "--config.log.eval_every_steps=10")
+
+
+@pytest.fixture(scope="session")
+def tiny_family(tmp_path_factory) -> Path:
+    """A finished progressive run of configs/family_tiny.py (reduced budget); treat as read-only."""
+    workdir = tmp_path_factory.mktemp("tiny_family")
+    run_cli(*TINY_FAMILY_ARGS, "--workdir", str(workdir), check=True)
+    assert json.loads((workdir / "report.json").read_text())["members"]
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def devices8():
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 (forced host) devices")
+    return jax.devices()[:8]
