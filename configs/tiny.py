@@ -6,7 +6,7 @@ from jaxgrow.config import base_config, model_config
 def get_config():
     c = base_config()
     c.model = model_config(vocab_size=4096, hidden_size=128, ffn_size=384, num_layers=4, num_heads=4,
-                           num_kv_heads=2, head_dim=32)
+                           num_kv_heads=2, head_dim=32, remat_policy="dots")
     c.data.seq_len = 128
     c.data.batch_size = 16
     c.budget.largest_tokens = 1_200_000

@@ -1,0 +1,128 @@
+"""Train-step efficiency, measured in one process.
+
+    python experiments/bench_train.py --config configs/family_cpu.py [--member NAME] [--steps 10]
+        [--config.model.dtype=bfloat16 --config.model.remat_policy=dots ...]
+
+Prints (all measured in this run):
+  matmul FLOP/s     a dense n x n matmul (4096 f32 on CPU, 8192 bf16 on GPU/TPU): the practical peak
+  model FLOP/s      analytic train FLOPs (jaxgrow/flops.py) per step / median step time after compile
+  ratio             model FLOP/s / matmul FLOP/s
+  MFU               on GPU/TPU: model FLOP/s / the chip's published bf16 dense peak (DESIGN.md §7)
+  pipeline ratio    tokens/s the grain pipeline alone produces / tokens/s the train step consumes
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from jaxgrow import config as config_lib, data, family, flops, sharding, train  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "run config", lock_config=True)
+flags.DEFINE_string("member", None, "member to benchmark (default: the largest)")
+flags.DEFINE_integer("steps", 10, "timed steps (median reported)")
+flags.DEFINE_integer("matmul_n", 0, "matmul size (0: 4096 on CPU, 8192 elsewhere)")
+flags.DEFINE_integer("pipeline_batches", 50, "batches drawn from the pipeline alone")
+FLAGS = flags.FLAGS
+
+# bf16 dense peak per chip, TFLOP/s (DESIGN.md §7)
+PEAK_TFLOPS = {"v5 lite": 197, "v5e": 197, "v5p": 459, "v6 lite": 918, "v6e": 918, "h100": 989, "h200": 989}
+
+
+def median_time(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def matmul_flops_per_sec(n: int, dtype) -> float:
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+    f = jax.jit(lambda x, y: x @ y)
+    jax.block_until_ready(f(a, b))
+    return 2.0 * n ** 3 / median_time(lambda: f(a, b), 5)
+
+
+def chip_peak() -> float | None:
+    kind = jax.devices()[0].device_kind.lower()
+    for key, tflops in PEAK_TFLOPS.items():
+        if key in kind:
+            return tflops * 1e12
+    return None
+
+
+def main(_):
+    cfg = _CONFIG.value
+    fam = config_lib.validate(cfg)
+    stages = family.budgets(cfg)
+    stage = stages[-1] if FLAGS.member is None else next(s for s in stages if s.name == FLAGS.member)
+    platform = jax.devices()[0].platform
+    mm_dtype = jnp.float32 if platform == "cpu" else jnp.bfloat16
+    n = FLAGS.matmul_n or (4096 if platform == "cpu" else 8192)
+    mm = matmul_flops_per_sec(n, mm_dtype)
+
+    mesh = sharding.make_mesh(cfg.mesh)
+    optimizer = train.make_optimizer(cfg.optimizer, stage.model)
+    state = train.init_state(stage.model, optimizer, jax.random.key(0), mesh)
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    step_fn = train.make_train_step(stage.model, optimizer, family.lr_schedule(cfg, stage),
+                                    grad_accum_steps=cfg.optimizer.grad_accum_steps)
+    step = train.jit_train_step(step_fn, shardings, mesh)
+    rng = np.random.default_rng(0)
+    batch = jax.device_put(rng.integers(0, stage.model.vocab_size, (cfg.data.batch_size, cfg.data.seq_len + 1),
+                                        dtype=np.int32), sharding.batch_sharding(mesh))
+    holder = {"state": state}
+
+    def one_step():
+        holder["state"], metrics = step(holder["state"], batch)
+        return metrics["loss"]
+
+    with jax.set_mesh(mesh):
+        t0 = time.perf_counter()
+        jax.block_until_ready(one_step())
+        compile_s = time.perf_counter() - t0
+        one_step()
+        step_s = median_time(one_step, FLAGS.steps)
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    model_flops = stage.train_flops_per_token * tokens_per_step / step_s
+    train_tps = tokens_per_step / step_s
+
+    corpus = data.prepare(cfg.data, cfg.model.vocab_size, None)
+    ds = data.train_dataset(corpus.train, cfg.data.seq_len, cfg.data.batch_size, cfg.seed)
+    it = iter(ds.to_iter_dataset())
+    next(it)
+    t0 = time.perf_counter()
+    for _ in range(FLAGS.pipeline_batches):
+        next(it)
+    pipe_tps = FLAGS.pipeline_batches * tokens_per_step / (time.perf_counter() - t0)
+
+    m = stage.model
+    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} ({platform}); mesh {dict(mesh.shape)}")
+    print(f"member {stage.name}: {stage.params / 1e6:.2f}M params ({stage.non_embedding_params / 1e6:.2f}M non-embedding), "
+          f"D={m.hidden_size} F={m.ffn_size} L={m.num_layers} H={m.num_heads} K={m.num_kv_heads} d={m.head_dim}, "
+          f"batch {cfg.data.batch_size} x seq {cfg.data.seq_len}, dtype {m.dtype}, remat {m.remat_policy}, "
+          f"attention {m.attention_impl}")
+    print(f"compile {compile_s:.1f}s; step {1e3 * step_s:.1f} ms (median of {FLAGS.steps}); {train_tps:,.0f} tokens/s")
+    print(f"matmul {n}x{n} {jnp.dtype(mm_dtype).name}: {mm / 1e9:,.1f} GFLOP/s")
+    print(f"model: {model_flops / 1e9:,.1f} GFLOP/s ({stage.train_flops_per_token / 1e6:.2f} MFLOP/token, {flops.CONVENTION})")
+    print(f"ratio model/matmul: {model_flops / mm:.3f}")
+    peak = chip_peak()
+    if peak and platform != "cpu":
+        print(f"MFU vs {peak / 1e12:.0f} TFLOP/s bf16 peak: {model_flops / jax.device_count() / peak:.3f}")
+    print(f"pipeline: {pipe_tps:,.0f} tokens/s alone; ratio pipeline/training: {pipe_tps / train_tps:.1f}")
+
+
+if __name__ == "__main__":
+    app.run(main)
