@@ -16,7 +16,7 @@ def get_config():
     add_member(c, "m4", hidden_size=384, ffn_size=1024, num_layers=8, num_heads=6, num_kv_heads=2)
     c.data.seq_len = 128
     c.data.batch_size = 16
-    c.data.eval_batches = 8
+    c.data.eval_batches = 24
     c.budget.largest_tokens = 1_300_000
     c.lr.rule = "power"
     c.lr.peak = 2e-3      # at n_ref

@@ -70,18 +70,21 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def plot_eval_vs_flops(series: dict[str, list[tuple[float, float]]], path: Path, title: str) -> None:
-    """series: label -> [(cumulative FLOPs, eval loss)]."""
+def plot_eval_vs_flops(series: dict[str, dict[str, list[tuple[float, float]]]], path: Path, title: str) -> None:
+    """series: label -> member -> [(cumulative FLOPs, eval loss)]; one colour per label, one
+    segment per member (an independent member restarts from scratch, so segments do not join)."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, points in series.items():
-        if points:
-            x, y = zip(*points)
-            ax.plot(x, y, marker=".", label=label)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, members) in enumerate(series.items()):
+        for j, points in enumerate(members.values()):
+            if points:
+                x, y = zip(*points)
+                ax.plot(x, y, marker=".", color=colours[i % len(colours)], label=label if j == 0 else None)
     ax.set_xscale("log")
     ax.set_xlabel("cumulative train FLOPs")
     ax.set_ylabel("held-out loss (nats/token)")
@@ -116,6 +119,7 @@ def plot_lr(stages: list, schedules: list, path: Path) -> None:
 
 
 def eval_series(metrics: list[dict]) -> dict[str, list[tuple[float, float]]]:
+    """member -> [(cumulative train FLOPs, eval loss)] from metrics.jsonl records."""
     series: dict[str, list[tuple[float, float]]] = {}
     for r in metrics:
         if "eval_loss" in r:
@@ -127,6 +131,7 @@ def write(workdir: Path, report: dict, stages: list, schedules: list) -> None:
     workdir = Path(workdir)
     _atomic_write(workdir / "report.json", json.dumps(report, indent=2))
     _atomic_write(workdir / "report.md", markdown(report))
-    plot_eval_vs_flops(eval_series(read_metrics(workdir)), workdir / "eval_loss_vs_flops.png",
+    per_member = eval_series(read_metrics(workdir))
+    plot_eval_vs_flops({m: {m: pts} for m, pts in per_member.items()}, workdir / "eval_loss_vs_flops.png",
                        f"held-out loss vs cumulative FLOPs ({report['mode']})")
     plot_lr(stages, schedules, workdir / "lr_schedule.png")
