@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxgrow import checkpoint, config as config_lib, data, expand, flops, layout, schedules, sharding, train
+from jaxgrow import checkpoint, config as config_lib, data, expand, faults, flops, layout, schedules, sharding, train
 
 log = logging.getLogger("jaxgrow")
 
@@ -222,6 +222,7 @@ def expand_state(setup: Setup, prev: StageBudget, stage: StageBudget, optimizer)
                           out_shardings=shardings.params)
     with jax.set_mesh(mesh):
         new_params = grow_params(params, key=_stage_key(cfg.seed, stage.index, 1))
+        faults.point("expanding")
         if carry:
             grow_opt = jax.jit(functools.partial(expand.expand_opt_state, **kwargs), out_shardings=shardings.opt_state)
             new_opt = grow_opt(opt_state, params)
@@ -302,9 +303,10 @@ def _run_one_stage(setup: Setup, stage: StageBudget, flops_before: float, metric
     with jax.set_mesh(mesh):
         state = train.run_stage(spec, state, train_step, eval_step, data_iter, setup.eval_batches, ckpts,
                                 metrics_log, cfg, workdir, signals, teacher_params)
-        final = checkpoint.Checkpoints(member_dir(workdir, stage.name))
+        final = checkpoint.Checkpoints(member_dir(workdir, stage.name), async_save=cfg.checkpoint.async_save)
         final.save(stage.steps, state.params, state.opt_state, dict(spec.meta, data_state=data_iter.state(),
                                                                     nonfinite=int(jax.device_get(state.nonfinite))))
+        faults.point("member_saving")
         final.close()
     ckpts.close()
     log.info("stage %d (%s): done, member checkpoint in %s", stage.index, stage.name, member_dir(workdir, stage.name))

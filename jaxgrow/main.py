@@ -63,6 +63,8 @@ def _parse(argv: list[str]) -> list[str]:
         rest = FLAGS(argv)
     except flags.Error as e:
         raise UsageError(str(e).splitlines()[0]) from None
+    except OSError as e:  # config_flags: the config file cannot be loaded
+        raise UsageError(_config_load_error(e)) from None
     except AttributeError as e:  # config_flags: unknown key in --config.a.b=v
         key = str(e.__context__ or e).strip("\"'")
         bad = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a.split("=")[0].split(".")]
@@ -71,14 +73,22 @@ def _parse(argv: list[str]) -> list[str]:
     return rest
 
 
+def _config_load_error(e: OSError) -> str:
+    detail = str(e.__cause__ or e).strip().splitlines()[-1].strip()
+    path = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")), None)
+    if path is None and "--config" in sys.argv[:-1]:
+        path = sys.argv[sys.argv.index("--config") + 1]
+    return f"--config={path}: cannot load it ({detail})"
+
+
 def _config():
     """The loaded config (config_flags loads lazily; errors become UsageError)."""
     try:
         cfg = _CONFIG.value
+        if cfg is not None:
+            cfg.keys()  # a config that failed to load raises on first use
     except OSError as e:
-        cause = e.__cause__ or e
-        detail = str(cause).splitlines()[-1].strip()
-        raise UsageError(f"--config={FLAGS['config'].serialize().split('=', 1)[-1]!s}: cannot load it ({detail})") from None
+        raise UsageError(_config_load_error(e)) from None
     if cfg is None:
         raise UsageError("--config is required (e.g. --config configs/family_tiny.py)")
     return cfg

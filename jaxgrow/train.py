@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxgrow import checkpoint, layout, model, sharding
+from jaxgrow import checkpoint, faults, layout, model, sharding
 
 log = logging.getLogger("jaxgrow")
 
@@ -142,7 +142,7 @@ def make_train_step(model_cfg: Any, optimizer: optax.GradientTransformation,
                                opt_state=keep(new_opt, state.opt_state),
                                nonfinite=state.nonfinite + (~finite).astype(jnp.int32))
         metrics = {"loss": ce, "total_loss": loss, "consistency_kl": kl, "consistency_weight": weight,
-                   "grad_norm": grad_norm, "lr": lr, "finite": finite}
+                   "grad_norm": grad_norm, "lr": lr, "finite": finite, "nonfinite_steps": new_state.nonfinite}
         return new_state, metrics
 
     return step_fn
@@ -317,6 +317,7 @@ def run_stage(spec: StageSpec, state: TrainState, train_step: Callable, eval_ste
     def save(step: int):
         ckpts.save(step, state.params, state.opt_state,
                    dict(spec.meta, data_state=data_iter.state(), nonfinite=int(jax.device_get(state.nonfinite))))
+        faults.point("checkpoint_saving")
 
     def check_finite(step: int):
         bad = int(jax.device_get(state.nonfinite))
@@ -329,6 +330,7 @@ def run_stage(spec: StageSpec, state: TrainState, train_step: Callable, eval_ste
         if profile and step == profile[0]:
             jax.profiler.start_trace(str(Path(workdir, "profile", f"{spec.index}-{spec.name}")))
         state, metrics = train_step(state, next(data_iter), *extra)
+        faults.point("train_step")
         done = step + 1
         if profile and done == profile[1]:
             jax.block_until_ready(state)
@@ -345,6 +347,8 @@ def run_stage(spec: StageSpec, state: TrainState, train_step: Callable, eval_ste
                           tokens_per_sec=tps, train_flops=spec.flops_at(done))
             if teacher_params is not None:
                 record.update(consistency_kl=float(m["consistency_kl"]), consistency_weight=float(m["consistency_weight"]))
+            if int(m["nonfinite_steps"]):
+                record["nonfinite_steps"] = int(m["nonfinite_steps"])
             metrics_log.write(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
 
