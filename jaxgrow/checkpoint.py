@@ -76,6 +76,11 @@ class Checkpoints:
     def wait(self) -> None:
         self._mgr.wait_until_finished()
 
+    def reached_preemption(self, step: int) -> bool:
+        """Multi-host: every process agrees on the step to save at after a SIGTERM (jax's
+        preemption sync service, started by jax.distributed.initialize)."""
+        return self._mgr.reached_preemption(step)
+
     def read_meta(self, step: int) -> dict:
         return self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 

@@ -256,8 +256,7 @@ def validate(config: ml_collections.ConfigDict) -> list[Member]:
         parts = config.profile_steps.split(":")
         _check(len(parts) == 2 and all(p.isdigit() for p in parts) and int(parts[0]) < int(parts[1]),
                f"profile_steps={config.profile_steps!r} must be 'a:b' with integers a < b")
-    validate_model(config.model)
-    fam = members(config)
+    fam = members(config)  # config.model alone is checked when it is the only member
     for mem in fam:
         prefix = "model" if mem.name == "model" else f"members.{mem.name}"
         validate_model(mem.model, prefix)

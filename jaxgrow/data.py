@@ -137,6 +137,10 @@ def train_tokenizer(docs: list[str], vocab_size: int):
     """A byte-level BPE (GPT-2 style, lossless round trip) with exactly `vocab_size` tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: PLC0415
 
+    alphabet = len(pre_tokenizers.ByteLevel.alphabet()) + 1  # 256 byte symbols + <|endoftext|>
+    if vocab_size < alphabet:
+        raise DataError(f"model.vocab_size={vocab_size} is too small for a byte-level BPE tokenizer "
+                        f"(needs >= {alphabet}); raise it or give data.tokenizer")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -91,7 +91,7 @@ def _requests(items: list[dict], tokenizer, seq_len: int) -> tuple[np.ndarray, n
     """Token rows [n, seq_len+1], continuation masks over target positions [n, seq_len], (item, choice) ids."""
     rows, masks, ids = [], [], []
     for i, item in enumerate(items):
-        ctx = tokenizer.encode(item["context"]).ids
+        ctx = tokenizer.encode(item.get("context", item.get("question", ""))).ids
         for j, choice in enumerate(item["choices"]):
             cont = tokenizer.encode(TARGET_DELIMITER + choice).ids
             seq = (ctx + cont)[-(seq_len + 1):]

@@ -244,7 +244,9 @@ class MetricsLog:
 class SignalFlag:
     """SIGTERM/SIGINT set a flag that the loop checks at each step boundary (no host sync).
 
-    A second SIGINT interrupts immediately (the default behaviour).
+    A second SIGINT interrupts immediately (the default behaviour). With several processes SIGTERM
+    is left to jax's preemption sync service (run_stage asks orbax's `reached_preemption`), so that
+    every host saves at the same step.
     """
 
     def __init__(self):
@@ -253,7 +255,8 @@ class SignalFlag:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            signals = (signal.SIGINT,) if jax.process_count() > 1 else (signal.SIGTERM, signal.SIGINT)
+            for sig in signals:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -313,6 +316,7 @@ def run_stage(spec: StageSpec, state: TrainState, train_step: Callable, eval_ste
                disable=not (run_cfg.log.progress and jax.process_index() == 0), dynamic_ncols=True)
     t_last, step_last = time.perf_counter(), start
     base = {"stage": spec.index, "member": spec.name}
+    multi_host = jax.process_count() > 1
 
     def save(step: int):
         ckpts.save(step, state.params, state.opt_state,
@@ -358,7 +362,7 @@ def run_stage(spec: StageSpec, state: TrainState, train_step: Callable, eval_ste
                                    train_flops=spec.flops_at(done)))
             t_last = time.perf_counter()  # keep eval time out of tokens_per_sec
 
-        stop = signals.signum is not None
+        stop = signals.signum is not None or (multi_host and ckpts.reached_preemption(done))
         if done % ckpt_every == 0 or done == spec.steps or stop:
             check_finite(done)
             save(done)
@@ -366,7 +370,7 @@ def run_stage(spec: StageSpec, state: TrainState, train_step: Callable, eval_ste
         if stop:
             ckpts.wait()
             bar.close()
-            raise Preempted(signals.signum)
+            raise Preempted(signals.signum or signal.SIGTERM)
     bar.close()
     ckpts.wait()
     return state
