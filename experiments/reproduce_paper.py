@@ -19,7 +19,6 @@ FLOPs, all arms). Downstream accuracy uses a multiple-choice task generated from
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import time
@@ -137,14 +136,14 @@ def markdown(c: dict) -> str:
 
 
 def main(argv):
-    from jaxgrow import config as config_lib, report  # noqa: PLC0415
+    from jaxgrow import config as config_lib, logs, report  # noqa: PLC0415
 
     if FLAGS.workdir is None or _CONFIG.value is None:
         raise app.UsageError("--config and --workdir are required")
     unknown = [a for a in FLAGS.arms if a not in ARMS]
     if unknown:
         raise app.UsageError(f"--arms: unknown {unknown}; valid: {list(ARMS)}")
-    logging.basicConfig(level=logging.INFO, format="jaxgrow: %(message)s", stream=sys.stderr, force=True)
+    logs.setup()
     base = _CONFIG.value
     config_lib.validate(base)
     workdir = Path(FLAGS.workdir)

@@ -1,7 +1,7 @@
 """Fault injection for the reliability tests: die (or get SIGTERM) at a named point of a run.
 
-    JAXGROW_FAULT="<point>:<n>[:TERM]"   the n-th time this process reaches <point>, send itself
-                                         SIGKILL (default) or SIGTERM.
+    JAXGROW_FAULT="<point>:<n>[:TERM|:INT]"   the n-th time this process reaches <point>, send
+                                              itself SIGKILL (default), SIGTERM or SIGINT (Ctrl-C).
 
 Points: train_step (after a step's update), checkpoint_saving (a stage checkpoint write started,
 async: not yet committed), member_saving (a member checkpoint write started), expanding (inside an
@@ -27,5 +27,5 @@ def point(name: str) -> None:
         return
     _counts[name] += 1
     if _counts[name] == int(parts[1]):
-        sig = signal.SIGTERM if len(parts) > 2 and parts[2] == "TERM" else signal.SIGKILL
+        sig = {"TERM": signal.SIGTERM, "INT": signal.SIGINT}.get(parts[2] if len(parts) > 2 else "", signal.SIGKILL)
         os.kill(os.getpid(), sig)

@@ -24,6 +24,7 @@ from pathlib import Path
 from absl import flags
 from ml_collections import config_flags
 
+from jaxgrow import logs
 from jaxgrow.config import InputError
 
 COMMANDS = ("train", "expand", "plan", "evaluate", "export", "import", "sample")
@@ -220,9 +221,7 @@ def cmd_sample() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="jaxgrow: %(message)s", stream=sys.stderr)
-    for noisy in ("absl", "orbax", "jax._src", "tensorflow"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.setup()
     argv = list(sys.argv if argv is None else argv)
     try:
         rest = _parse(argv)[1:]

@@ -216,3 +216,40 @@ def test_expand_from_a_directory_without_checkpoint_exits_2(tmp_path):
     assert proc.returncode == 2
     assert f"--from={empty} holds no checkpoint" in proc.stderr.strip().splitlines()[-1]
     assert not out.exists()
+
+
+def test_ctrl_c_halfway_saves_and_the_rerun_resumes_not_from_zero(tmp_path):
+    workdir = tmp_path / "ctrl_c"
+    args = ("--config", "configs/tiny.py", "--config.budget_scale=0.05", "--config.log.progress=False",
+            "--workdir", str(workdir))
+    proc = run_cli(*args, env={"JAXGROW_FAULT": "train_step:15:INT"})  # halfway through 29 steps
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "SIGINT" in proc.stderr
+    proc = run_cli(*args, check=True)
+    assert "stage 0 (model): resumed at step 15/29" in proc.stderr
+    steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 29
+
+
+def test_expand_cli_writes_a_checkpoint_that_train_resumes_from(tiny_family, tmp_path):
+    big = tmp_path / "big.py"
+    big.write_text(
+        "from configs.family_tiny import get_config as family\n"
+        "from jaxgrow.config import model_config\n\n"
+        "def get_config():\n"
+        "    c = family()\n"
+        "    c.members = type(c.members)()\n"
+        "    c.model = model_config(vocab_size=2048, hidden_size=160, ffn_size=400, num_layers=5, num_heads=5,\n"
+        "                           num_kv_heads=1, head_dim=32)\n"
+        "    return c\n")
+    out = tmp_path / "grown"
+    proc = run_cli("expand", "--config", str(big), "--from", str(tiny_family / "members" / "small"),
+                   "--workdir", str(out), check=True)
+    assert "expanded checkpoint written" in proc.stdout
+    assert (out / "tokenizer.json").read_bytes() == (tiny_family / "tokenizer.json").read_bytes()
+    proc = run_cli("--config", str(big), "--workdir", str(out), "--config.budget_scale=0.02",
+                   "--config.log.progress=False", check=True)
+    assert "stage 0 (model): resumed at step 0/" in proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    small = json.loads((tiny_family / "report.json").read_text())["members"][0]["eval_loss"]
+    assert report["members"][0]["eval_loss"] < small + 0.05  # grown from `small`, not from scratch (~7.6)
