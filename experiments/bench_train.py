@@ -65,7 +65,7 @@ def chip_peak() -> float | None:
 
 def main(_):
     cfg = _CONFIG.value
-    fam = config_lib.validate(cfg)
+    config_lib.validate(cfg)
     stages = family.budgets(cfg)
     stage = stages[-1] if FLAGS.member is None else next(s for s in stages if s.name == FLAGS.member)
     platform = jax.devices()[0].platform

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -48,17 +47,8 @@ def expand_checkpoint(cfg: Any, from_dir: Path, workdir: Path) -> Path:
     carry = e.opt_state == "carry"
     params, opt_state, _ = src_ckpts.restore(step, src_abstract.params, src_abstract.opt_state if carry else None)
     src_ckpts.close()
-    target = jax.tree.map(lambda x: x.sharding, train.abstract_state(dst.model, optimizer, mesh))
-    kwargs = dict(src_cfg=src_model, dst_cfg=dst.model, method=e.method, depth=e.depth, depth_position=e.depth_position,
-                  map_seed=cfg.seed)
-    with jax.set_mesh(mesh):
-        new_params = jax.jit(functools.partial(expand.expand_params, noise=e.noise, **kwargs),
-                             out_shardings=target.params)(params, key=family._stage_key(cfg.seed, 0, 1))
-        if carry:
-            new_opt = jax.jit(functools.partial(expand.expand_opt_state, **kwargs),
-                              out_shardings=target.opt_state)(opt_state, params)
-        else:
-            new_opt = jax.jit(optimizer.init, out_shardings=target.opt_state)(new_params)
+    new_params, new_opt = family.grow(cfg, src_model, dst.model, params, opt_state, optimizer, mesh,
+                                      family.stage_key(cfg.seed, 0, 1))
 
     workdir.mkdir(parents=True, exist_ok=True)
     if tokenizer.exists() and not Path(workdir, "tokenizer.json").exists():

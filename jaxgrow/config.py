@@ -248,7 +248,7 @@ def validate(config: ml_collections.ConfigDict) -> list[Member]:
            f"mode={config.mode!r} must be 'progressive' or 'independent'")
     _check(config.budget_scale > 0, f"budget_scale={config.budget_scale} must be > 0")
     _check(config.budget.largest_tokens > 0, f"budget.largest_tokens={config.budget.largest_tokens} must be > 0")
-    _check(config.budget.rule in ("paper", "equal"), f"budget.rule={config.budget.rule!r} must be 'paper' or 'equal'")
+    _check(config.budget.rule == "paper", f"budget.rule={config.budget.rule!r}: only 'paper' is implemented")
     _check(config.skip_nonfinite_steps >= 0, f"skip_nonfinite_steps={config.skip_nonfinite_steps} must be >= 0")
     _check(config.distributed in ("auto", "on", "off"),
            f"distributed={config.distributed!r} must be one of ['auto', 'on', 'off']")

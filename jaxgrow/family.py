@@ -193,7 +193,7 @@ def prepare(cfg: Any, workdir: Path) -> Setup:
     return Setup(cfg, workdir, mesh, corpus, eval_batches, stages)
 
 
-def _stage_key(seed: int, index: int, purpose: int) -> jax.Array:
+def stage_key(seed: int, index: int, purpose: int) -> jax.Array:
     """Init (purpose 0) and expansion (purpose 1) randomness from the seed and the stage index only."""
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), index), purpose)
 
@@ -208,26 +208,34 @@ def restore_member(workdir: Path, stage: StageBudget, optimizer, mesh, with_opt:
     return params, opt_state, meta
 
 
-def expand_state(setup: Setup, prev: StageBudget, stage: StageBudget, optimizer):
-    """The first state of stage k: the previous member grown by a jitted, target-sharded expansion."""
-    cfg, mesh = setup.cfg, setup.mesh
-    carry = cfg.expansion.opt_state == "carry"
-    params, opt_state, meta = restore_member(setup.workdir, prev, optimizer, mesh, with_opt=carry)
+def grow(cfg: Any, src_model: Any, dst_model: Any, params: Any, opt_state: Any | None, optimizer, mesh,
+         key: jax.Array) -> tuple[Any, Any]:
+    """(params, opt_state) of `dst_model`, produced on `mesh` by jitted expansions whose out_shardings
+    are the target layout's: nothing is gathered to one host. opt_state=None starts a fresh optimizer
+    state (expansion.opt_state = reset); otherwise Adam's moments follow the params."""
     e = cfg.expansion
-    kwargs = dict(src_cfg=prev.model, dst_cfg=stage.model, method=e.method, depth=e.depth, depth_position=e.depth_position,
+    kwargs = dict(src_cfg=src_model, dst_cfg=dst_model, method=e.method, depth=e.depth, depth_position=e.depth_position,
                   map_seed=cfg.seed)
-    target = train.abstract_state(stage.model, optimizer, mesh)
-    shardings = jax.tree.map(lambda x: x.sharding, target)
-    grow_params = jax.jit(functools.partial(expand.expand_params, noise=e.noise, **kwargs),
-                          out_shardings=shardings.params)
+    target = jax.tree.map(lambda x: x.sharding, train.abstract_state(dst_model, optimizer, mesh))
     with jax.set_mesh(mesh):
-        new_params = grow_params(params, key=_stage_key(cfg.seed, stage.index, 1))
+        new_params = jax.jit(functools.partial(expand.expand_params, noise=e.noise, **kwargs),
+                             out_shardings=target.params)(params, key=key)
         faults.point("expanding")
-        if carry:
-            grow_opt = jax.jit(functools.partial(expand.expand_opt_state, **kwargs), out_shardings=shardings.opt_state)
-            new_opt = grow_opt(opt_state, params)
+        if opt_state is None:
+            new_opt = jax.jit(optimizer.init, out_shardings=target.opt_state)(new_params)
         else:
-            new_opt = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(new_params)
+            new_opt = jax.jit(functools.partial(expand.expand_opt_state, **kwargs),
+                              out_shardings=target.opt_state)(opt_state, params)
+    return new_params, new_opt
+
+
+def expand_state(setup: Setup, prev: StageBudget, stage: StageBudget, optimizer):
+    """The first state of stage k: the previous member grown (randomness from seed and stage index)."""
+    cfg = setup.cfg
+    carry = cfg.expansion.opt_state == "carry"
+    params, opt_state, meta = restore_member(setup.workdir, prev, optimizer, setup.mesh, with_opt=carry)
+    new_params, new_opt = grow(cfg, prev.model, stage.model, params, opt_state, optimizer, setup.mesh,
+                               stage_key(cfg.seed, stage.index, 1))
     return train.new_state(new_params, new_opt), meta["data_state"], params
 
 
@@ -236,7 +244,6 @@ def run(cfg: Any, workdir: Path, signals: train.SignalFlag | None = None) -> Set
     setup = prepare(cfg, workdir)
     signals = signals or train.SignalFlag()
     metrics_log = train.MetricsLog(workdir)
-    mesh = setup.mesh
     flops_before = 0.0
     try:
         for stage in setup.stages:
@@ -274,7 +281,7 @@ def _run_one_stage(setup: Setup, stage: StageBudget, flops_before: float, metric
         log.info("stage %d (%s): expanded %s -> %s (%s/%s) in %.1fs", stage.index, stage.name, prev.name, stage.name,
                  cfg.expansion.method, cfg.expansion.depth, time.perf_counter() - t0)
     else:
-        state = train.init_state(stage.model, optimizer, _stage_key(cfg.seed, stage.index, 0), mesh)
+        state = train.init_state(stage.model, optimizer, stage_key(cfg.seed, stage.index, 0), mesh)
         data_state = None
 
     consistency = None

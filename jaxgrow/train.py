@@ -19,7 +19,6 @@ from typing import Any, Callable
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from jaxgrow import checkpoint, faults, layout, model, sharding

@@ -1,6 +1,5 @@
 """Mesh from config and logical-axis resolution."""
 
-import jax
 import ml_collections
 import pytest
 from jax.sharding import PartitionSpec as P

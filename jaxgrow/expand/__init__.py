@@ -31,7 +31,7 @@ import ml_collections
 
 from jaxgrow import layout
 from jaxgrow.expand import core
-from jaxgrow.expand.maps import COPY_METHODS, DEPTHS, METHODS, Plan, check, make_plan, needs_untie, place_heads
+from jaxgrow.expand.maps import DEPTHS, METHODS, Plan, check, make_plan, needs_untie, place_heads
 
 __all__ = ["expand_params", "expand_opt_state", "resolve_target", "make_plan", "check", "place_heads",
            "Plan", "METHODS", "DEPTHS"]

@@ -126,7 +126,7 @@ def transform(x: jax.Array, spec: layout.ParamSpec, plan: maps_lib.Plan, *, kind
         out = jnp.where(fresh_mask, fill, out)
 
     if kind == "param" and noise > 0 and plan.method in maps_lib.COPY_METHODS:
-        for i, (axis, dim, role, m) in enumerate(axes):
+        for i, (axis, _, role, m) in enumerate(axes):
             if role == "in" and m.dup.any():
                 out = out + noise * std * _zero_sum_noise(jax.random.fold_in(key, 1000 + i), out.shape, axis, m)
 
