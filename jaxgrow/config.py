@@ -213,23 +213,29 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
-def validate_model(m: Any, prefix: str = "model") -> None:
+def validate_model(m: Any, prefix: str = "model", overridden: Any = None) -> None:
+    """Checks one model config. Fields are named `{prefix}.{key}`; for a family member, keys it does
+    not override (not in `overridden`) are named `model.{key}`, where the user set them."""
+
+    def f(key: str) -> str:
+        return f"{prefix}.{key}" if overridden is None or key in overridden else f"model.{key}"
+
     for key in SIZE_KEYS:
         value = m[key]
         _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-               f"{prefix}.{key}={value!r} must be a positive integer")
+               f"{f(key)}={value!r} must be a positive integer")
     _check(m.num_heads % m.num_kv_heads == 0,
-           f"{prefix}.num_heads={m.num_heads} must be divisible by {prefix}.num_kv_heads={m.num_kv_heads}")
-    _check(m.dtype in DTYPES, f"{prefix}.dtype={m.dtype!r} must be one of {list(DTYPES)}")
+           f"{f('num_heads')}={m.num_heads} must be divisible by {f('num_kv_heads')}={m.num_kv_heads}")
+    _check(m.dtype in DTYPES, f"{f('dtype')}={m.dtype!r} must be one of {list(DTYPES)}")
     _check(m.attention_impl in ATTENTION_IMPLS,
-           f"{prefix}.attention_impl={m.attention_impl!r} must be one of {list(ATTENTION_IMPLS)}")
+           f"{f('attention_impl')}={m.attention_impl!r} must be one of {list(ATTENTION_IMPLS)}")
     _check(m.remat_policy in REMAT_POLICIES,
-           f"{prefix}.remat_policy={m.remat_policy!r} must be one of {list(REMAT_POLICIES)}")
-    _check(isinstance(m.scan_unroll, int) and m.scan_unroll >= 1, f"{prefix}.scan_unroll={m.scan_unroll!r} must be >= 1")
-    _check(m.head_dim % 2 == 0, f"{prefix}.head_dim={m.head_dim} must be even (RoPE rotates pairs)")
-    _check(m.rope_theta > 0, f"{prefix}.rope_theta={m.rope_theta} must be > 0")
-    _check(m.norm_eps > 0, f"{prefix}.norm_eps={m.norm_eps} must be > 0")
-    _check(m.init_std > 0, f"{prefix}.init_std={m.init_std} must be > 0")
+           f"{f('remat_policy')}={m.remat_policy!r} must be one of {list(REMAT_POLICIES)}")
+    _check(isinstance(m.scan_unroll, int) and m.scan_unroll >= 1, f"{f('scan_unroll')}={m.scan_unroll!r} must be >= 1")
+    _check(m.head_dim % 2 == 0, f"{f('head_dim')}={m.head_dim} must be even (RoPE rotates pairs)")
+    _check(m.rope_theta > 0, f"{f('rope_theta')}={m.rope_theta} must be > 0")
+    _check(m.norm_eps > 0, f"{f('norm_eps')}={m.norm_eps} must be > 0")
+    _check(m.init_std > 0, f"{f('init_std')}={m.init_std} must be > 0")
 
 
 def validate_growth(src: Any, dst: Any, src_name: str = "source", dst_name: str = "target") -> None:
@@ -258,8 +264,10 @@ def validate(config: ml_collections.ConfigDict) -> list[Member]:
                f"profile_steps={config.profile_steps!r} must be 'a:b' with integers a < b")
     fam = members(config)  # config.model alone is checked when it is the only member
     for mem in fam:
-        prefix = "model" if mem.name == "model" else f"members.{mem.name}"
-        validate_model(mem.model, prefix)
+        if len(config.members) == 0:
+            validate_model(mem.model)
+        else:
+            validate_model(mem.model, f"members.{mem.name}", overridden=config.members[mem.name])
     for prev, cur in zip(fam, fam[1:]):
         validate_growth(prev.model, cur.model, f"members.{prev.name}", f"members.{cur.name}")
 

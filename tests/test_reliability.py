@@ -172,7 +172,7 @@ def _bad_inputs(tmp: Path) -> list[tuple[tuple, str]]:
     return [
         (("--config", "configs/nope.py"), "--config=configs/nope.py: cannot load it"),
         (("--config", F, "--config.model.colour=3"), "--config.model.colour: unknown config key 'colour'"),
-        (("--config", F, "--config.model.hidden_size=0"), "model.hidden_size=0 must be a positive integer"),
+        (("--config", F, "--config.members.small.hidden_size=0"), "members.small.hidden_size=0 must be a positive integer"),
         (("--config", F, "--config.members.large.num_heads=5"), "members.large.num_heads=5 must be divisible by members.large.num_kv_heads=2"),
         (("--config", F, "--config.members.medium.hidden_size=32"), "members.medium.hidden_size=32 shrinks from members.small.hidden_size=64"),
         (("--config", str(vocab_change)), "members.large.vocab_size=4096 must equal members.medium.vocab_size=2048"),
