@@ -53,7 +53,7 @@ class Checkpoints:
     """A directory of step checkpoints with a rolling `keep` policy (keep=None keeps all)."""
 
     def __init__(self, directory: str | Path, keep: int | None = None, async_save: bool = False):
-        self.directory = Path(directory)
+        self.directory = Path(directory).absolute()  # orbax refuses relative paths
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                                cleanup_tmp_directories=True, create=True)
         self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)

@@ -100,7 +100,7 @@ def _workdir(required: bool = True) -> Path | None:
         if required:
             raise UsageError("--workdir is required")
         return None
-    return Path(FLAGS.workdir).expanduser()
+    return Path(FLAGS.workdir).expanduser().absolute()  # orbax needs absolute paths
 
 
 def _maybe_init_distributed(cfg) -> None:
@@ -153,7 +153,7 @@ def cmd_expand() -> int:
     cfg = _config()
     if not getattr(FLAGS, "from"):
         raise UsageError("--from is required: a checkpoint directory (members/<name> or stages/<k>-<name>)")
-    out = commands.expand_checkpoint(cfg, Path(getattr(FLAGS, "from")).expanduser(), _workdir())
+    out = commands.expand_checkpoint(cfg, Path(getattr(FLAGS, "from")).expanduser().absolute(), _workdir())
     print(f"jaxgrow: expanded checkpoint written to {out}; train with --workdir {FLAGS.workdir} to continue")
     return 0
 

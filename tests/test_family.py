@@ -1,11 +1,12 @@
 """End-to-end family runs: report fields and invariants, both modes, resume between stages."""
 
 import json
+import os
 import shutil
 
 import pytest
 
-from conftest import TINY_FAMILY_ARGS, run_cli
+from conftest import REPO, TINY_FAMILY_ARGS, run_cli
 from jaxgrow import family
 
 pytestmark = pytest.mark.slow
@@ -101,3 +102,11 @@ def test_rerun_after_a_kill_between_stages_does_not_redo_finished_members(tiny_f
     after = json.loads((workdir / "report.json").read_text())
     # the redone stage reproduces the uninterrupted result exactly (same seed, expansion key, data position)
     assert [m["eval_loss"] for m in after["members"]] == [m["eval_loss"] for m in before["members"]]
+
+
+def test_a_relative_workdir_works(tmp_path):
+    relative = os.path.relpath(tmp_path / "rel", REPO)
+    assert not os.path.isabs(relative)
+    run_cli("--config", "configs/tiny.py", "--config.budget_scale=0.01", "--config.log.progress=False",
+            "--workdir", relative, check=True)
+    assert (tmp_path / "rel" / "members" / "model").is_dir() and (tmp_path / "rel" / "report.json").exists()
