@@ -17,7 +17,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxgrow import layout
@@ -139,12 +138,3 @@ def has_checkpoint(directory: str | Path) -> bool:
     if not d.is_dir():
         return False
     return any(p.is_dir() and p.name.isdigit() and (p / "meta").exists() for p in d.iterdir())
-
-
-def abstract_like(tree: Any, shardings: Any) -> Any:
-    """ShapeDtypeStructs with shardings, for restoring without allocating first."""
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-
-def as_numpy(tree: Any) -> Any:
-    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)

@@ -200,7 +200,7 @@ class Corpus:
     tokenizer: Any
     train: np.ndarray  # [n_train_tokens] int32
     eval: np.ndarray   # [n_eval_tokens] int32
-    eval_text: list[str]
+    cache_names: dict  # split -> workdir/data file name, keyed by the files and the tokenizer
 
 
 def prepare(data_cfg: Any, vocab_size: int, workdir: Path | None) -> Corpus:
@@ -222,10 +222,10 @@ def prepare(data_cfg: Any, vocab_size: int, workdir: Path | None) -> Corpus:
         tok = train_tokenizer(train_docs, vocab_size)
     tok_hash = hashlib.sha256(tok.to_str().encode()).hexdigest()[:16]
 
-    streams = {}
+    streams, names = {}, {}
     for split, files, docs in (("train", src.train, train_docs), ("eval", src.eval, eval_docs)):
-        key = _fingerprint(files, f"{tok_hash}:{data_cfg.text_field}")
-        cache = Path(workdir, "data", f"{split}_{key}.npy") if workdir else None
+        names[split] = f"{split}_{_fingerprint(files, f'{tok_hash}:{data_cfg.text_field}')}.npy"
+        cache = Path(workdir, "data", names[split]) if workdir else None
         if cache is not None and cache.exists():
             streams[split] = np.load(cache, mmap_mode="r")
         else:
@@ -237,21 +237,18 @@ def prepare(data_cfg: Any, vocab_size: int, workdir: Path | None) -> Corpus:
     if len(streams["train"]) < min_len * data_cfg.batch_size:
         raise DataError(f"data.train_files: {len(streams['train'])} tokens cannot fill one batch of "
                         f"data.batch_size={data_cfg.batch_size} x (data.seq_len + 1 = {min_len}) tokens")
-    return Corpus(tok, streams["train"], streams["eval"], eval_docs)
+    return Corpus(tok, streams["train"], streams["eval"], names)
 
 
-def save_cache(corpus: Corpus, data_cfg: Any, workdir: Path) -> None:
+def save_cache(corpus: Corpus, workdir: Path) -> None:
     """Writes the tokenizer and token streams into the workdir (after validation passed)."""
-    src = sources(data_cfg)
     tok_path = Path(workdir, "tokenizer.json")
     if not tok_path.exists():
         tmp = tok_path.with_suffix(".tmp")
         corpus.tokenizer.save(str(tmp))
         os.replace(tmp, tok_path)
-    tok_hash = hashlib.sha256(corpus.tokenizer.to_str().encode()).hexdigest()[:16]
-    for split, files, arr in (("train", src.train, corpus.train), ("eval", src.eval, corpus.eval)):
-        key = _fingerprint(files, f"{tok_hash}:{data_cfg.text_field}")
-        path = Path(workdir, "data", f"{split}_{key}.npy")
+    for split, arr in (("train", corpus.train), ("eval", corpus.eval)):
+        path = Path(workdir, "data", corpus.cache_names[split])
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp.npy")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import random
 from pathlib import Path
 from typing import Any
@@ -157,7 +156,3 @@ def make_continuation_tasks(texts: list[str], n_items: int = 200, context_words:
         choices.insert(answer, right)
         items.append({"context": context, "choices": choices, "answer": answer})
     return items
-
-
-def perplexity(loss: float) -> float:
-    return math.exp(min(loss, 50.0))

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxgrow import checkpoint, config as config_lib, data, expand, faults, flops, layout, schedules, sharding, train
+from jaxgrow import checkpoint, config as config_lib, data, expand, faults, flops, schedules, sharding, train
 
 log = logging.getLogger("jaxgrow")
 
@@ -185,7 +185,7 @@ def prepare(cfg: Any, workdir: Path) -> Setup:
     workdir.mkdir(parents=True, exist_ok=True)
     write_config(cfg, workdir)
     if jax.process_index() == 0:
-        data.save_cache(corpus, cfg.data, workdir)
+        data.save_cache(corpus, workdir)
     host_batches = data.eval_batches(corpus.eval, cfg.data.seq_len, cfg.data.batch_size, cfg.data.eval_batches,
                                      jax.process_index(), jax.process_count())
     batch_sharding = sharding.batch_sharding(mesh)
@@ -330,17 +330,11 @@ def load_setup_for_eval(workdir: Path) -> tuple[Any, list[StageBudget]]:
 
 def member_params(workdir: Path, stage: StageBudget, mesh=None) -> dict:
     """Final params of a member, restored onto `mesh` (default: all devices, fsdp)."""
-    mesh = mesh or sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1, "dcn_data": 1}))
-    shard = sharding.param_shardings(stage.model, mesh)
-    abstract = layout.build_tree(stage.model, lambda s: jax.ShapeDtypeStruct(s.shape, jnp.float32))
-    abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), abstract, shard)
-    ckpts = checkpoint.Checkpoints(member_dir(workdir, stage.name))
-    step = ckpts.latest_step()
-    if step is None:
-        ckpts.close()
+    if not checkpoint.has_checkpoint(member_dir(workdir, stage.name)):
         raise config_lib.ConfigError(f"{member_dir(workdir, stage.name)} holds no checkpoint; train the family first")
-    params, _, _ = ckpts.restore(step, abstract, None)
-    ckpts.close()
+    mesh = mesh or sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1, "dcn_data": 1}))
+    optimizer = train.make_optimizer(config_lib.base_config().optimizer, stage.model)  # only shapes are used
+    params, _, _ = restore_member(workdir, stage, optimizer, mesh, with_opt=False)
     return params
 
 

@@ -53,16 +53,6 @@ LOGICAL_AXIS_RULES: dict[str, tuple[str, ...]] = {
     "activation_vocab": ("tensor",),
 }
 
-# The dimensions expansion can grow, and the model config key that sizes each.
-GROWABLE_DIMS = {
-    "embed": "hidden_size",
-    "mlp": "ffn_size",
-    "q_heads": "num_heads",
-    "kv_heads": "num_kv_heads",
-    "layers": "num_layers",
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class ParamSpec:
     """One parameter: where it lives, its shape, and what each axis means.

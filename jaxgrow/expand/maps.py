@@ -75,12 +75,6 @@ class Plan:
     layers: LayerMap
     tie_to_untie: bool         # source tied, target untied: the LM head starts as the embedding's transpose
     final_gain_scale: float    # extra factor on the final norm gain (tied `zero`: 1/c^2 instead of 1/c)
-    depth_exact: bool          # identity depth (or no depth growth)
-
-    @property
-    def exact(self) -> bool:
-        """Function-preserving by construction (up to float rounding)."""
-        return self.method in ("zero", "tile") and self.depth_exact
 
 
 def _copy_counts(src: np.ndarray, old: int) -> np.ndarray:
@@ -221,5 +215,4 @@ def make_plan(src_cfg: Any, dst_cfg: Any, method: str = "zero", depth: str = "id
     final_extra = embed.gain_scale if (tied_both and method == "zero") else 1.0
     return Plan(method, {"embed": embed, "mlp": mlp, "q_heads": q, "kv_heads": kv}, layers,
                 tie_to_untie=bool(src_cfg.tie_embeddings and not dst_cfg.tie_embeddings),
-                final_gain_scale=final_extra,
-                depth_exact=depth == "identity" or dst_cfg.num_layers == src_cfg.num_layers)
+                final_gain_scale=final_extra)
