@@ -25,7 +25,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from jaxgrow import config as config_lib, data, family, flops, sharding, train  # noqa: E402
+from jaxgrow import config as config_lib, data, flops, sharding, train  # noqa: E402
+from jaxgrow.budgets import budgets, lr_schedule  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "run config", lock_config=True)
 flags.DEFINE_string("member", None, "member to benchmark (default: the largest)")
@@ -66,7 +67,7 @@ def chip_peak() -> float | None:
 def main(_):
     cfg = _CONFIG.value
     config_lib.validate(cfg)
-    stages = family.budgets(cfg)
+    stages = budgets(cfg)
     stage = stages[-1] if FLAGS.member is None else next(s for s in stages if s.name == FLAGS.member)
     platform = jax.devices()[0].platform
     mm_dtype = jnp.float32 if platform == "cpu" else jnp.bfloat16
@@ -74,12 +75,9 @@ def main(_):
     mm = matmul_flops_per_sec(n, mm_dtype)
 
     mesh = sharding.make_mesh(cfg.mesh)
-    optimizer = train.make_optimizer(cfg.optimizer, stage.model)
-    state = train.init_state(stage.model, optimizer, jax.random.key(0), mesh)
-    shardings = jax.tree.map(lambda x: x.sharding, state)
-    step_fn = train.make_train_step(stage.model, optimizer, family.lr_schedule(cfg, stage),
-                                    grad_accum_steps=cfg.optimizer.grad_accum_steps)
-    step = train.jit_train_step(step_fn, shardings, mesh)
+    compiled = train.compile_stage(stage.model, cfg.optimizer, lr_schedule(cfg, stage), mesh)
+    state = train.init_state(stage.model, compiled.optimizer, jax.random.key(0), mesh)
+    step = compiled.train_step
     rng = np.random.default_rng(0)
     batch = jax.device_put(rng.integers(0, stage.model.vocab_size, (cfg.data.batch_size, cfg.data.seq_len + 1),
                                         dtype=np.int32), sharding.batch_sharding(mesh))

@@ -21,7 +21,7 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from jaxgrow import data, evaluate, expand, family, model, train  # noqa: E402
+from jaxgrow import data, evaluate, expand, model, train, workdir as workdir_lib  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "a finished run")
 flags.DEFINE_string("member", None, "source member (default: the first)")
@@ -34,13 +34,13 @@ CASES = [("zero", "identity"), ("tile", "identity"), ("bert2bert_fpi", "identity
 
 def main(_):
     workdir = Path(FLAGS.workdir)
-    cfg, stages = family.load_setup_for_eval(workdir)
+    cfg, stages = workdir_lib.load_setup_for_eval(workdir)
     names = [s.name for s in stages]
     src = stages[names.index(FLAGS.member) if FLAGS.member else 0]
     dst = stages[names.index(FLAGS.to) if FLAGS.to else names.index(src.name) + 1]
     corpus = data.prepare(cfg.data, cfg.model.vocab_size, workdir)
     batches = [jnp.asarray(b) for b in data.eval_batches(corpus.eval, cfg.data.seq_len, cfg.data.batch_size, 4)]
-    params = jax.device_get(family.member_params(workdir, src))
+    params = jax.device_get(workdir_lib.member_params(workdir, src))
     base_loss = evaluate.eval_loss(params, src.model, batches)
     print(f"source {src.name} (held-out loss {base_loss:.4f}) -> {dst.name}-shaped target")
     print(f"{'method':15s} {'depth':11s} {'max|dlogit|':>11s} {'KL(src||dst)':>13s} {'loss after':>11s}")

@@ -44,12 +44,12 @@ FLAGS = flags.FLAGS
 
 
 def arm_config(base: ml_collections.ConfigDict, arm: str) -> ml_collections.ConfigDict:
-    from jaxgrow import family, schedules  # noqa: PLC0415
+    from jaxgrow import budgets, schedules  # noqa: PLC0415
 
     cfg = ml_collections.ConfigDict(base.to_dict())
     cfg.mode = "independent" if arm == "independent" else "progressive"
     if arm == "fixed_lr":
-        first = family.budgets(base)[0]
+        first = budgets.budgets(base)[0]
         lr = base.lr
         peak = FLAGS.fixed_lr or schedules.peak_lr(first.non_embedding_params, lr.rule, peak=lr.peak, n_ref=lr.n_ref,
                                                    alpha=lr.alpha, table=lr.table)
@@ -61,12 +61,12 @@ def arm_config(base: ml_collections.ConfigDict, arm: str) -> ml_collections.Conf
 
 
 def run_arm(arm: str, cfg, workdir: Path, tasks: Path) -> dict:
-    from jaxgrow import commands, family, train  # noqa: PLC0415
+    from jaxgrow import commands, faults, family  # noqa: PLC0415
 
     done = workdir / "report.json"
     if not (done.exists() and (workdir / "eval.json").exists()):
         t0 = time.perf_counter()
-        with train.SignalFlag() as signals:
+        with faults.SignalFlag() as signals:
             setup = family.run(cfg, workdir, signals)
         family.write_report(setup)
         commands.evaluate_members(workdir, [str(tasks)])

@@ -10,6 +10,7 @@ moved aside to `<dir>/corrupt/<step>` (kept, never deleted) and the next older s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from pathlib import Path
@@ -27,7 +28,37 @@ ITEMS = ("params", "opt_state", "meta")
 
 
 class CorruptCheckpoint(RuntimeError):
-    pass
+    """A step whose files fail their checksums or cannot be parsed (not an I/O error or OOM)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Meta:
+    """What every checkpoint records besides the arrays (the one place its fields are listed).
+
+    `save` adds step, layout_version and checksums; `read_meta`/`restore` return the stored dict
+    (`Meta.from_json` turns it back into a Meta).
+    """
+
+    stage: int                 # stage index in the family
+    member: str                # member name
+    mode: str                  # progressive | independent
+    model: dict                # the member's model config (ConfigDict.to_dict())
+    data_state: Any = None     # the data iterator's state (None: start of the stream)
+    nonfinite: int = 0         # steps skipped in this stage because loss/grads were not finite
+    expanded_from: str | None = None  # `expand`: the source checkpoint directory
+    imported_from: str | None = None  # `import`: the Hugging Face checkpoint directory
+
+    def replace(self, **changes) -> "Meta":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if v is not None or k == "data_state"}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Meta":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @jax.jit
@@ -48,6 +79,27 @@ def checksums(tree: Any) -> list[int]:
     return [int(v) for v in jax.device_get(_checksums(tree))]
 
 
+# Status codes (tensorstore/XLA put them in the message) of failures that are not the files' fault.
+_TRANSIENT_CODES = ("RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED",
+                    "UNAUTHENTICATED", "Out of memory", "out of memory")
+
+
+def is_damage(e: BaseException) -> bool:
+    """True if a restore error means the step's files are damaged (bad format, missing or misshapen
+    arrays, unparsable metadata); False for I/O errors, permissions and out-of-memory, which must
+    propagate and leave the step in place."""
+    for err in (e, e.__cause__, e.__context__):
+        if err is None:
+            continue
+        if isinstance(err, MemoryError):
+            return False
+        if isinstance(err, OSError) and not isinstance(err, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+            return False
+        if any(code in str(err) for code in _TRANSIENT_CODES):
+            return False
+    return True
+
+
 class Checkpoints:
     """A directory of step checkpoints with a rolling `keep` policy (keep=None keeps all)."""
 
@@ -63,9 +115,9 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self._mgr.latest_step()
 
-    def save(self, step: int, params: Any, opt_state: Any, meta: dict) -> None:
-        """Saves (blocking unless async_save). `meta` must be JSON-serialisable."""
-        meta = dict(meta, step=int(step), layout_version=layout.LAYOUT_VERSION,
+    def save(self, step: int, params: Any, opt_state: Any, meta: Meta) -> None:
+        """Saves (blocking unless async_save)."""
+        meta = dict(meta.to_json(), step=int(step), layout_version=layout.LAYOUT_VERSION,
                     checksums={"params": checksums(params), "opt_state": checksums(opt_state)})
         self._mgr.wait_until_finished()
         self._mgr.save(step, args=ocp.args.Composite(
@@ -99,6 +151,8 @@ class Checkpoints:
         except CorruptCheckpoint:
             raise
         except Exception as e:  # orbax/tensorstore raise many types for damaged files
+            if not is_damage(e):
+                raise  # an I/O error or out of memory says nothing about the files: never quarantine
             raise CorruptCheckpoint(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from e
         params, opt_state = restored["params"], restored.get("opt_state")
         if checksums(params) != meta["checksums"]["params"]:

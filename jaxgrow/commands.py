@@ -1,17 +1,25 @@
-"""Workdir-level commands besides training: grow a checkpoint into a new run, score members on tasks."""
+"""Workdir-level commands besides training: grow a checkpoint into a new run (`expand`), score
+members on tasks (`evaluate`), export members to / import a run from Hugging Face (`export`,
+`import`). Each validates its inputs before it writes anything."""
 
 from __future__ import annotations
 
 import json
-import os
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
+from tokenizers import Tokenizer
 
-from jaxgrow import checkpoint, config as config_lib, data, evaluate, expand, family, sharding, train
+from jaxgrow import checkpoint, config as config_lib, data, evaluate, expand, hf, sharding, storage, train
+from jaxgrow import workdir as workdir_lib
+from jaxgrow.budgets import budgets
+from jaxgrow.growth import grow, stage_key
+
+log = logging.getLogger("jaxgrow")
 
 
 def expand_checkpoint(cfg: Any, from_dir: Path, workdir: Path) -> Path:
@@ -23,9 +31,9 @@ def expand_checkpoint(cfg: Any, from_dir: Path, workdir: Path) -> Path:
     if not checkpoint.has_checkpoint(from_dir):
         raise config_lib.InputError(f"--from={from_dir} holds no checkpoint (expected an orbax step directory with "
                                     "params/opt_state/meta, e.g. W/members/<name> or W/stages/<k>-<name>)")
-    family.check_workdir_writable(workdir)
-    stages = family.budgets(cfg)
-    out_dir = family.stage_dir(workdir, stages[0])
+    workdir_lib.check_workdir_writable(workdir)
+    stages = budgets(cfg)
+    out_dir = workdir_lib.stage_dir(workdir, stages[0])
     if checkpoint.has_checkpoint(out_dir) or Path(workdir, "config.json").exists():
         raise config_lib.InputError(f"--workdir={workdir} already holds a run; give an empty or new directory")
     src_ckpts = checkpoint.Checkpoints(from_dir)
@@ -47,35 +55,42 @@ def expand_checkpoint(cfg: Any, from_dir: Path, workdir: Path) -> Path:
     carry = e.opt_state == "carry"
     params, opt_state, _ = src_ckpts.restore(step, src_abstract.params, src_abstract.opt_state if carry else None)
     src_ckpts.close()
-    new_params, new_opt = family.grow(cfg, src_model, dst.model, params, opt_state, optimizer, mesh,
-                                      family.stage_key(cfg.seed, 0, 1))
+    new_params, new_opt = grow(cfg, src_model, dst.model, params, opt_state, optimizer, mesh, stage_key(cfg.seed, 0, 1))
 
     workdir.mkdir(parents=True, exist_ok=True)
     if tokenizer.exists() and not Path(workdir, "tokenizer.json").exists():
         shutil.copyfile(tokenizer, Path(workdir, "tokenizer.json"))
-    family.write_config(cfg, workdir)
+    workdir_lib.write_config(cfg, workdir)
     ckpts = checkpoint.Checkpoints(out_dir, keep=cfg.checkpoint.keep)
-    ckpts.save(0, new_params, new_opt, {"stage": 0, "member": dst.name, "mode": cfg.mode, "model": dst.model.to_dict(),
-                                        "data_state": meta.get("data_state"), "nonfinite": 0,
-                                        "expanded_from": str(from_dir)})
+    ckpts.save(0, new_params, new_opt, checkpoint.Meta(stage=0, member=dst.name, mode=cfg.mode,
+                                                       model=dst.model.to_dict(), data_state=meta.get("data_state"),
+                                                       expanded_from=str(from_dir)))
     ckpts.close()
     return out_dir
 
 
+def _load_tasks(path: str) -> list[dict]:
+    """evaluate.load_tasks with its ValueError (a malformed file) turned into a one-line InputError."""
+    try:
+        return evaluate.load_tasks(path)
+    except (ValueError, AssertionError, OSError, UnicodeDecodeError) as e:
+        raise config_lib.InputError(str(e) or f"--tasks: {path} is not a valid task file") from None
+
+
 def evaluate_members(workdir: Path, task_files: list[str]) -> dict:
     """Held-out loss and multiple-choice accuracy (acc_norm) of every member; writes W/eval.json."""
-    cfg, stages = family.load_setup_for_eval(workdir)
-    items = {Path(f).stem: evaluate.load_tasks(f) for f in task_files}
+    cfg, stages = workdir_lib.load_setup_for_eval(workdir)
+    items = {Path(f).stem: _load_tasks(f) for f in task_files}
     corpus = data.prepare(cfg.data, cfg.model.vocab_size, workdir)
-    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1, "dcn_data": 1}))
+    mesh = sharding.eval_mesh()
     host = data.eval_batches(corpus.eval, cfg.data.seq_len, cfg.data.batch_size, cfg.data.eval_batches)
     batches = [jax.device_put(b, sharding.batch_sharding(mesh)) for b in host]
     result: dict = {"convention": evaluate.__doc__.split("\n\n")[1].replace("\n", " "), "members": {}}
     with jax.set_mesh(mesh):
         for s in stages:
-            if not checkpoint.has_checkpoint(family.member_dir(workdir, s.name)):
+            if not checkpoint.has_checkpoint(workdir_lib.member_dir(workdir, s.name)):
                 continue
-            params = family.member_params(workdir, s, mesh)
+            params = workdir_lib.member_params(workdir, s, mesh)
             entry = {"eval_loss": evaluate.eval_loss(params, s.model, batches), "tasks": {}}
             for name, task in items.items():
                 entry["tasks"][name] = evaluate.score_tasks(params, s.model, corpus.tokenizer, task, cfg.data.seq_len)
@@ -83,7 +98,75 @@ def evaluate_members(workdir: Path, task_files: list[str]) -> dict:
     if not result["members"]:
         raise config_lib.InputError(f"--workdir={workdir} holds no finished member; train the family first")
     if jax.process_index() == 0:
-        tmp = Path(workdir, "eval.json.tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, Path(workdir, "eval.json"))
+        storage.atomic_write_text(Path(workdir, "eval.json"), json.dumps(result, indent=2))
     return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Hugging Face export / import
+
+
+def export_workdir(workdir: Path, out: Path, member: str | None) -> list[Path]:
+    """Exports one member to `out`, or (member=None) every finished member to out/<name>/.
+    The run's tokenizer.json and data.seq_len (as max_position_embeddings) go along."""
+    cfg, stages = workdir_lib.select_members(workdir, member)
+    workdir_lib.check_writable(out, "--out")
+    tok_path = Path(workdir, "tokenizer.json")
+    tokenizer = tok_path if tok_path.is_file() else None
+    if tokenizer is None:
+        log.warning("%s has no tokenizer.json; exporting weights without a tokenizer", workdir)
+    written = []
+    for stage in stages:
+        params = jax.device_get(workdir_lib.member_params(workdir, stage))
+        dest = out if member is not None else out / stage.name
+        written.append(hf.save_pretrained(params, stage.model, dest, tokenizer,
+                                       max_position_embeddings=int(cfg.data.seq_len)))
+    return written
+
+
+def import_to_workdir(hf_dir: Path, workdir: Path) -> Path:
+    """Writes `workdir` as a finished one-member run (member 'model') holding the HF checkpoint:
+    members/model/ (params, a fresh optimizer state, meta), config.json (base_config with the
+    imported model) and the HF tokenizer.json when there is one. Grow it with
+    `expand --from W/members/model`. Returns the member directory."""
+    params, model_cfg = hf.load_params(hf_dir)
+    cfg = config_lib.base_config()
+    cfg.model = model_cfg
+    config_lib.validate(cfg)
+    workdir_lib.check_workdir_writable(workdir)
+    out_dir = workdir_lib.member_dir(workdir, hf.IMPORTED_MEMBER)
+    if Path(workdir, "config.json").exists() or checkpoint.has_checkpoint(out_dir):
+        raise config_lib.InputError(f"--workdir={workdir} already holds a run; give an empty or new directory")
+    tokenizer = Path(hf_dir, "tokenizer.json")
+    _warn_tokenizer_mismatch(tokenizer, model_cfg)
+
+    device = jax.devices()[0]
+    params = jax.device_put(params, device)
+    opt_state = jax.jit(train.make_optimizer(cfg.optimizer, model_cfg).init)(params)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if tokenizer.is_file():
+        shutil.copyfile(tokenizer, Path(workdir, "tokenizer.json"))
+    workdir_lib.write_config(cfg, workdir)
+    ckpts = checkpoint.Checkpoints(out_dir)
+    ckpts.save(0, params, opt_state, checkpoint.Meta(stage=0, member=hf.IMPORTED_MEMBER, mode=cfg.mode,
+                                                     model=model_cfg.to_dict(),
+                                                     imported_from=str(Path(hf_dir).resolve())))
+    ckpts.close()
+    return out_dir
+
+
+def _warn_tokenizer_mismatch(tokenizer: Path, model_cfg: Any) -> None:
+    """Training on the imported run needs the tokenizer's size = vocab_size and an <|endoftext|>."""
+    if not tokenizer.is_file():
+        log.warning("%s has no tokenizer.json; set data.tokenizer before training on the imported run",
+                    tokenizer.parent)
+        return
+    try:
+        tok = Tokenizer.from_file(str(tokenizer))
+    except Exception:  # noqa: BLE001  (tokenizers raises its own exception types)
+        log.warning("%s is not a tokenizers JSON file; it is copied but training on it will fail", tokenizer)
+        return
+    if tok.get_vocab_size() != model_cfg.vocab_size or tok.token_to_id(data.EOS) is None:
+        log.warning("%s: vocab size %d (model %d), %s token %s; training on it needs equal sizes and that token",
+                    tokenizer, tok.get_vocab_size(), model_cfg.vocab_size, data.EOS,
+                    "present" if tok.token_to_id(data.EOS) is not None else "missing")

@@ -26,6 +26,7 @@ ATTENTION_IMPLS = ("xla", "cudnn", "auto", "reference")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 EXPANSION_METHODS = ("zero", "tile", "bert2bert_fpi", "bert2bert_aki")
 DEPTH_STRATEGIES = ("identity", "stack", "interleave")
+DEPTH_POSITIONS = ("interleave", "top")
 LR_RULES = ("constant", "power", "kaplan", "table")
 LR_DECAYS = ("cosine", "linear", "wsd")
 
@@ -43,6 +44,11 @@ class InputError(ValueError):
 
 class ConfigError(InputError):
     """An invalid config; the message names the field and what would be valid."""
+
+
+def frozen(cfg: Any) -> ml_collections.FrozenConfigDict:
+    """A hashable, immutable copy of a config (for jit static arguments and lru_cache keys)."""
+    return cfg if isinstance(cfg, ml_collections.FrozenConfigDict) else ml_collections.FrozenConfigDict(cfg)
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
@@ -292,8 +298,8 @@ def validate(config: ml_collections.ConfigDict) -> list[Member]:
     e = config.expansion
     _check(e.method in EXPANSION_METHODS, f"expansion.method={e.method!r} must be one of {list(EXPANSION_METHODS)}")
     _check(e.depth in DEPTH_STRATEGIES, f"expansion.depth={e.depth!r} must be one of {list(DEPTH_STRATEGIES)}")
-    _check(e.depth_position in ("interleave", "top"),
-           f"expansion.depth_position={e.depth_position!r} must be 'interleave' or 'top'")
+    _check(e.depth_position in DEPTH_POSITIONS,
+           f"expansion.depth_position={e.depth_position!r} must be one of {list(DEPTH_POSITIONS)}")
     _check(e.opt_state in ("carry", "reset"), f"expansion.opt_state={e.opt_state!r} must be 'carry' or 'reset'")
     _check(e.noise >= 0, f"expansion.noise={e.noise} must be >= 0")
     _check(config.consistency.weight >= 0, f"consistency.weight={config.consistency.weight} must be >= 0")

@@ -1,4 +1,5 @@
-"""Hugging Face interchange: export to / import from `LlamaForCausalLM` checkpoints, and sampling.
+"""Hugging Face interchange: the weight and config mapping to / from `LlamaForCausalLM` and
+safetensors files. Nothing here trains, samples or knows the workdir layout.
 
 Library API:
     save_pretrained(params, model_cfg, out_dir, tokenizer=None, max_shard_bytes=2e9, ...) -> out_dir
@@ -8,8 +9,8 @@ Library API:
     load_params(hf_dir) -> (params, model_cfg)   reads a Llama safetensors checkpoint (F32/F16/BF16)
     to_hf_tensors / from_hf_tensors               the weight mapping on plain dicts of numpy arrays
     hf_config / model_config_from_hf              the config mapping (raises InputError on unsupported)
-    generate(params, model_cfg, prompt_ids, max_new_tokens, ...) -> new token ids (jitted decode)
-Workdir commands (called by jaxgrow.main): export_workdir, import_to_workdir, sample_workdir.
+The workdir commands (export, import) are in jaxgrow.commands; sampling is in jaxgrow.sampling
+(`jaxgrow.hf.generate` still resolves to `jaxgrow.sampling.generate`).
 
 Weight mapping (ours: layout.py, x @ W with inputs first; HF: nn.Linear weights are [out, in]):
 
@@ -42,36 +43,24 @@ Import refuses, with a one-line InputError naming the file: other architectures,
 other than silu, rope scaling / non-default rope types / partial rotary, quantized or non-safetensors
 checkpoints, and missing, extra or misshapen tensors. BF16/F16 weights are upcast to float32 (exact).
 An imported workdir is a one-member run whose member is named "model".
-
-Sampling (`generate`) decodes inside one jitted while_loop over a fixed-size token buffer (the
-prompt plus max_new_tokens, rounded up to a multiple of 64), recomputing the causal forward each
-step: padding after the cursor cannot influence it, and nothing recompiles per token. No KV cache:
-correctness over speed, for small models.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import math
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-import ml_collections
 import ml_dtypes
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 from tokenizers import Tokenizer
 
-from jaxgrow import checkpoint, family, layout, model, sharding, train
-from jaxgrow import config as config_lib
+from jaxgrow import config as config_lib, layout, storage
 from jaxgrow.config import InputError
 from jaxgrow.data import EOS
 
@@ -391,9 +380,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    storage.atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -465,215 +452,11 @@ def load_params(hf_dir: str | Path) -> tuple[dict, Any]:
     return from_hf_tensors(tensors, model_cfg, f"--hf={hf_dir}"), model_cfg
 
 
-# ----------------------------------------------------------------------------------------------
-# Sampling
+def __getattr__(name: str):
+    # `jaxgrow.hf.generate` predates jaxgrow.sampling; resolved lazily so that importing hf stays
+    # free of jax and the model.
+    if name == "generate":
+        from jaxgrow.sampling import generate  # noqa: PLC0415
 
-
-def _select_next(logits, key, temperature, greedy: bool, top_k: int):
-    """logits [V] float32 -> next token id (int32)."""
-    if greedy:
-        return jnp.argmax(logits).astype(jnp.int32)
-    if 0 < top_k < logits.shape[-1]:
-        kth = jax.lax.top_k(logits, top_k)[0][-1]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
-    return jax.random.categorical(key, logits / temperature).astype(jnp.int32)
-
-
-@functools.partial(jax.jit, static_argnames=("model_cfg", "greedy", "top_k"))
-def _decode(params, model_cfg, buf, start, n_new, eos_id, key, temperature, greedy: bool, top_k: int):
-    """Fills buf[start : start + n_new] one token at a time, re-running the causal forward over the
-    whole fixed-size buffer each step (tokens after the cursor cannot influence it). Stops early at
-    eos_id (>= 0). Returns (buf, number of tokens generated). Compiles once per (config, buffer
-    length, greedy, top_k)."""
-
-    def cond(state):
-        i, _, done = state
-        return (i < n_new) & ~done
-
-    def body(state):
-        i, buf, _ = state
-        pos = start + i
-        row = model.logits(params, model_cfg, buf[None])[0]
-        last = jax.lax.dynamic_index_in_dim(row, pos - 1, axis=0, keepdims=False)
-        tok = _select_next(last, jax.random.fold_in(key, i), temperature, greedy, top_k)
-        buf = jax.lax.dynamic_update_index_in_dim(buf, tok, pos, axis=0)
-        return i + 1, buf, tok == eos_id
-
-    n, buf, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), buf, jnp.bool_(False)))
-    return buf, n
-
-
-def _bucket(n: int) -> int:
-    """Buffer length: the next multiple of 64, so similar prompts share one compilation."""
-    return max(64, -(-n // 64) * 64)
-
-
-def generate(params: dict, model_cfg: Any, prompt_ids: list[int], max_new_tokens: int, temperature: float = 0.0,
-             top_k: int = 0, seed: int = 0, eos_id: int | None = None) -> list[int]:
-    """New token ids continuing `prompt_ids` (non-empty): greedy at temperature 0, else sampled
-    from softmax(logits / temperature) restricted to the top_k tokens (0 = all). Stops after
-    max_new_tokens or right after emitting eos_id (included) when given."""
-    _check_sampling_args(max_new_tokens, temperature, top_k)
-    if not prompt_ids:
-        raise InputError("generate: prompt_ids is empty (give at least one token, e.g. the <|endoftext|> id)")
-    if max_new_tokens == 0:
-        return []
-    buf = np.zeros(_bucket(len(prompt_ids) + max_new_tokens), np.int32)
-    buf[:len(prompt_ids)] = prompt_ids
-    frozen = ml_collections.FrozenConfigDict(model_cfg)
-    out, n = _decode(params, frozen, jnp.asarray(buf), jnp.int32(len(prompt_ids)), jnp.int32(max_new_tokens),
-                     jnp.int32(-1 if eos_id is None else eos_id), jax.random.key(seed),
-                     jnp.float32(max(temperature, 1e-6)), greedy=temperature == 0, top_k=int(top_k))
-    out, n = jax.device_get((out, n))
-    return [int(t) for t in out[len(prompt_ids): len(prompt_ids) + int(n)]]
-
-
-def _check_sampling_args(max_new_tokens: int, temperature: float, top_k: int) -> None:
-    if max_new_tokens < 0:
-        raise InputError(f"--max_new_tokens={max_new_tokens} must be >= 0")
-    if not temperature >= 0:
-        raise InputError(f"--temperature={temperature} must be >= 0 (0 = greedy)")
-    if top_k < 0:
-        raise InputError(f"--top_k={top_k} must be >= 0 (0 = all tokens)")
-
-
-def _continuation_text(tok, prompt_ids: list[int], new_ids: list[int]) -> str:
-    """Decoded continuation; decodes prompt + continuation together so byte-level tokens that
-    split a UTF-8 character across the boundary still decode correctly."""
-    prompt_text = tok.decode(prompt_ids, skip_special_tokens=False)
-    full = tok.decode(prompt_ids + new_ids, skip_special_tokens=False)
-    return full[len(prompt_text):] if full.startswith(prompt_text) else tok.decode(new_ids, skip_special_tokens=False)
-
-
-# ----------------------------------------------------------------------------------------------
-# Workdir commands
-
-
-def _finished_stages(workdir: Path, member: str | None) -> tuple[Any, list]:
-    """(run config, [stage]) for `member` (must exist and be finished) or every finished member."""
-    cfg, stages = family.load_setup_for_eval(workdir)
-    names = [s.name for s in stages]
-    if member is not None:
-        if member not in names:
-            raise HFError(f"--member={member} is not a member of {workdir}; members: {', '.join(names)}")
-        stages = [s for s in stages if s.name == member]
-        if not checkpoint.has_checkpoint(family.member_dir(workdir, member)):
-            raise HFError(f"--member={member}: {family.member_dir(workdir, member)} holds no checkpoint; train first")
-        return cfg, stages
-    done = [s for s in stages if checkpoint.has_checkpoint(family.member_dir(workdir, s.name))]
-    if not done:
-        raise HFError(f"--workdir={workdir} holds no finished member; train the family first")
-    for s in stages:
-        if s not in done:
-            log.warning("member %s is not finished; skipped", s.name)
-    return cfg, done
-
-
-def _single_device_mesh():
-    """Sampling runs on one device: tiny models, and no batch to split."""
-    mesh_cfg = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1, "dcn_data": 1})
-    return sharding.make_mesh(mesh_cfg, jax.devices()[:1])
-
-
-def _check_out_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise HFError(f"--out={out} exists and is not a directory")
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise HFError(f"--out={out} is not writable ({probe} is not a writable directory)")
-
-
-def export_workdir(workdir: Path, out: Path, member: str | None) -> list[Path]:
-    """Exports one member to `out`, or (member=None) every finished member to out/<name>/.
-    The run's tokenizer.json and data.seq_len (as max_position_embeddings) go along."""
-    cfg, stages = _finished_stages(workdir, member)
-    _check_out_dir(out)
-    tok_path = Path(workdir, "tokenizer.json")
-    tokenizer = tok_path if tok_path.is_file() else None
-    if tokenizer is None:
-        log.warning("%s has no tokenizer.json; exporting weights without a tokenizer", workdir)
-    written = []
-    for stage in stages:
-        params = jax.device_get(family.member_params(workdir, stage))
-        dest = out if member is not None else out / stage.name
-        written.append(save_pretrained(params, stage.model, dest, tokenizer,
-                                       max_position_embeddings=int(cfg.data.seq_len)))
-    return written
-
-
-def import_to_workdir(hf_dir: Path, workdir: Path) -> Path:
-    """Writes `workdir` as a finished one-member run (member 'model') holding the HF checkpoint:
-    members/model/ (params, a fresh optimizer state, meta), config.json (base_config with the
-    imported model) and the HF tokenizer.json when there is one. Grow it with
-    `expand --from W/members/model`. Returns the member directory."""
-    params, model_cfg = load_params(hf_dir)
-    cfg = config_lib.base_config()
-    cfg.model = model_cfg
-    config_lib.validate(cfg)
-    family.check_workdir_writable(workdir)
-    out_dir = family.member_dir(workdir, IMPORTED_MEMBER)
-    if Path(workdir, "config.json").exists() or checkpoint.has_checkpoint(out_dir):
-        raise HFError(f"--workdir={workdir} already holds a run; give an empty or new directory")
-    tokenizer = Path(hf_dir, "tokenizer.json")
-    _warn_tokenizer_mismatch(tokenizer, model_cfg)
-
-    device = jax.devices()[0]
-    params = jax.device_put(params, device)
-    opt_state = jax.jit(train.make_optimizer(cfg.optimizer, model_cfg).init)(params)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if tokenizer.is_file():
-        shutil.copyfile(tokenizer, Path(workdir, "tokenizer.json"))
-    family.write_config(cfg, workdir)
-    ckpts = checkpoint.Checkpoints(out_dir)
-    ckpts.save(0, params, opt_state, {"stage": 0, "member": IMPORTED_MEMBER, "mode": cfg.mode,
-                                      "model": model_cfg.to_dict(), "data_state": None, "nonfinite": 0,
-                                      "imported_from": str(Path(hf_dir).resolve())})
-    ckpts.close()
-    return out_dir
-
-
-def _warn_tokenizer_mismatch(tokenizer: Path, model_cfg: Any) -> None:
-    """Training on the imported run needs the tokenizer's size = vocab_size and an <|endoftext|>."""
-    if not tokenizer.is_file():
-        log.warning("%s has no tokenizer.json; set data.tokenizer before training on the imported run",
-                    tokenizer.parent)
-        return
-    try:
-        tok = Tokenizer.from_file(str(tokenizer))
-    except Exception:  # noqa: BLE001  (tokenizers raises its own exception types)
-        log.warning("%s is not a tokenizers JSON file; it is copied but training on it will fail", tokenizer)
-        return
-    if tok.get_vocab_size() != model_cfg.vocab_size or tok.token_to_id(EOS) is None:
-        log.warning("%s: vocab size %d (model %d), %s token %s; training on it needs equal sizes and that token",
-                    tokenizer, tok.get_vocab_size(), model_cfg.vocab_size, EOS,
-                    "present" if tok.token_to_id(EOS) is not None else "missing")
-
-
-def sample_workdir(workdir: Path, member: str | None, prompt: str, max_new_tokens: int, temperature: float,
-                   top_k: int, seed: int) -> dict[str, str]:
-    """Continuation text of `prompt` per member (member=None: every finished member), decoded with
-    the run's tokenizer; stops at max_new_tokens or <|endoftext|> (not included). An empty prompt
-    starts from <|endoftext|>, the document separator the models were trained with."""
-    _check_sampling_args(max_new_tokens, temperature, top_k)
-    _, stages = _finished_stages(workdir, member)
-    tok_path = Path(workdir, "tokenizer.json")
-    if not tok_path.is_file():
-        raise HFError(f"--workdir={workdir} has no tokenizer.json; cannot encode --prompt")
-    tok = _as_tokenizer(tok_path)
-    eos_id = tok.token_to_id(EOS)
-    prompt_ids = tok.encode(prompt, add_special_tokens=False).ids if prompt else []
-    if not prompt_ids:
-        if eos_id is None:
-            raise HFError(f"--prompt is empty and {tok_path} has no {EOS} token to start from")
-        prompt_ids = [eos_id]
-    mesh = _single_device_mesh()
-    results = {}
-    for stage in stages:
-        params = family.member_params(workdir, stage, mesh)
-        new = generate(params, stage.model, prompt_ids, max_new_tokens, temperature, top_k, seed, eos_id)
-        if new and new[-1] == eos_id:
-            new = new[:-1]
-        results[stage.name] = _continuation_text(tok, prompt_ids, new)
-    return results
+        return generate
+    raise AttributeError(f"module 'jaxgrow.hf' has no attribute {name!r}")

@@ -1,14 +1,18 @@
 """Command line: parses, validates, dispatches. No logic of its own.
 
-    python -m jaxgrow.main [train] --config configs/family_tiny.py --workdir W [--config.key=value ...]
-    python -m jaxgrow.main expand --config DST.py --from CKPT_DIR --workdir OUT
-    python -m jaxgrow.main plan --config configs/paper_family.py [--config.mesh.fsdp=N]
-    python -m jaxgrow.main evaluate --workdir W --tasks FILE.jsonl [FILE.jsonl ...]
-    python -m jaxgrow.main export --workdir W (--member NAME | --all) --out DIR
-    python -m jaxgrow.main import --hf DIR --workdir W
-    python -m jaxgrow.main sample --workdir W [--member NAME | --all] --prompt "..."
+    jaxgrow [train] --config configs/family_tiny.py --workdir W [--config.key=value ...]
+    jaxgrow expand --config DST.py --from CKPT_DIR --workdir OUT
+    jaxgrow plan --config configs/paper_family.py [--config.mesh.fsdp=N] [--devices N]
+    jaxgrow evaluate --workdir W --tasks FILE.jsonl [FILE.jsonl ...]
+    jaxgrow export --workdir W [--member NAME | --all] --out DIR
+    jaxgrow import --hf DIR --workdir W
+    jaxgrow sample --workdir W [--member NAME | --all] --prompt "..."
+    jaxgrow [COMMAND] --help
 
-Bad input exits with code 2 and one line naming the field or file; nothing is written then.
+`jaxgrow`, `python -m jaxgrow` and `python -m jaxgrow.main` are the same command. Each subcommand
+accepts only the flags listed for it in COMMAND_FLAGS (a new flag: DEFINE it below, add its name to
+its commands' rows). Bad input exits with code 2 and one line naming the field or file; nothing is
+written then.
 """
 
 from __future__ import annotations
@@ -27,24 +31,46 @@ from ml_collections import config_flags
 from jaxgrow import logs
 from jaxgrow.config import InputError
 
-COMMANDS = ("train", "expand", "plan", "evaluate", "export", "import", "sample")
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config: a Python file with get_config().",
-                                          lock_config=True)
-flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, reports).")
-flags.DEFINE_string("from", None, "expand: checkpoint directory to grow (a members/<name> or stages/<k>-<name> dir).")
-flags.DEFINE_list("tasks", [], "evaluate: multiple-choice JSONL task files (comma-separated or repeated positionally).")
-flags.DEFINE_string("member", None, "export/sample: member name.")
-flags.DEFINE_bool("all", False, "export/sample: every member.")
-flags.DEFINE_string("out", None, "export: output directory.")
-flags.DEFINE_string("hf", None, "import: Hugging Face Llama checkpoint directory.")
-flags.DEFINE_string("prompt", "", "sample: prompt text.")
-flags.DEFINE_integer("max_new_tokens", 40, "sample: tokens to generate.")
-flags.DEFINE_float("temperature", 0.0, "sample: 0 = greedy.")
-flags.DEFINE_integer("top_k", 0, "sample: keep the k most likely tokens (0 = all).")
-flags.DEFINE_integer("seed", 0, "sample: sampling seed.")
-flags.DEFINE_integer("devices", 0, "plan: forced host (CPU) devices to plan on (0: the mesh's product, else 8).")
 FLAGS = flags.FLAGS
+_ABSL_FLAGS = set(FLAGS)  # flags defined by absl itself (logging etc.), not by jaxgrow
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config: a Python file with get_config(); "
+                                          "override keys with --config.a.b=value.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, reports).")
+flags.DEFINE_string("from", None, "Checkpoint directory to grow (a members/<name> or stages/<k>-<name> dir).")
+flags.DEFINE_list("tasks", [], "Multiple-choice JSONL task files (comma-separated, or as positional arguments).")
+flags.DEFINE_string("member", None, "Member name (default: every finished member).")
+flags.DEFINE_bool("all", False, "Every finished member (the default when --member is not given).")
+flags.DEFINE_string("out", None, "Output directory (with several members: one subdirectory each).")
+flags.DEFINE_string("hf", None, "Hugging Face Llama checkpoint directory.")
+flags.DEFINE_string("prompt", "", "Prompt text (empty: start from <|endoftext|>).")
+flags.DEFINE_integer("max_new_tokens", 40, "Tokens to generate.")
+flags.DEFINE_float("temperature", 0.0, "Sampling temperature (0 = greedy).")
+flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = all).")
+flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_integer("devices", 0, "Forced host (CPU) devices to plan on (0: the mesh's product, else 8).")
+
+# The one table of which flag applies to which subcommand (help, and the "does not apply" check).
+COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
+    "train": ("config", "workdir"),
+    "expand": ("config", "from", "workdir"),
+    "plan": ("config", "devices"),
+    "evaluate": ("workdir", "tasks"),
+    "export": ("workdir", "member", "all", "out"),
+    "import": ("hf", "workdir"),
+    "sample": ("workdir", "member", "all", "prompt", "max_new_tokens", "temperature", "top_k", "seed"),
+}
+COMMAND_HELP = {
+    "train": "train (or resume) a family; writes checkpoints, metrics and report.md to --workdir",
+    "expand": "grow a checkpoint into the config's first member, as a run that `train` continues",
+    "plan": "sizes, FLOPs, budgets and compiled per-device memory of every member, ahead of time",
+    "evaluate": "held-out loss and multiple-choice accuracy of every finished member (writes eval.json)",
+    "export": "write members as Hugging Face LlamaForCausalLM checkpoints",
+    "import": "turn a Hugging Face Llama checkpoint into a one-member run (member 'model')",
+    "sample": "continue a prompt with members side by side",
+}
+COMMANDS = tuple(COMMAND_FLAGS)
+HELP_FLAGS = ("--help", "-h", "--helpshort", "-help", "--helpfull")
 
 log = logging.getLogger("jaxgrow")
 
@@ -56,6 +82,36 @@ class UsageError(ValueError):
 def _fail(message: str, code: int = 2) -> int:
     print(f"jaxgrow: error: {message}", file=sys.stderr)
     return code
+
+
+def _jaxgrow_flags() -> set[str]:
+    return {name for name in FLAGS if name not in _ABSL_FLAGS and "." not in name}
+
+
+def _flag_line(name: str) -> str:
+    flag = FLAGS[name]
+    empty = flag.default is None or (isinstance(flag.default, (str, list)) and not flag.default)
+    default = "" if empty or name == "config" else f" (default: {flag.default_as_str})"
+    return f"  --{name:<16} {flag.help}{default}"
+
+
+def help_text(command: str | None) -> str:
+    """`--help` of the main command (command=None) or of one subcommand."""
+    if command is None:
+        lines = ["usage: jaxgrow [COMMAND] [--flag=value ...]   (also: python -m jaxgrow, python -m jaxgrow.main)",
+                 "", "commands (default: train):"]
+        lines += [f"  {c:<10} {COMMAND_HELP[c]}" for c in COMMANDS]
+        lines += ["", "flags per command:"]
+        lines += [f"  {c:<10} " + " ".join(f"--{f}" for f in COMMAND_FLAGS[c]) for c in COMMANDS]
+        lines += ["", "`jaxgrow COMMAND --help` describes a command's flags; bad input exits with code 2."]
+        return "\n".join(lines) + "\n"
+    positional = " [TASKS.jsonl ...]" if command == "evaluate" else ""
+    lines = [f"usage: jaxgrow {command} " + " ".join(f"--{f}=..." for f in COMMAND_FLAGS[command]) + positional, "",
+             COMMAND_HELP[command], "", "flags:"]
+    lines += [_flag_line(f) for f in COMMAND_FLAGS[command]]
+    if "config" in COMMAND_FLAGS[command]:
+        lines.append("  --config.KEY=V    override one config key (every key is listed in jaxgrow/config.py)")
+    return "\n".join(lines) + "\n"
 
 
 def _parse(argv: list[str]) -> list[str]:
@@ -72,6 +128,19 @@ def _parse(argv: list[str]) -> list[str]:
         raise UsageError(f"{bad[0] if bad else '--config'}: unknown config key {key!r} "
                          "(every key is listed with a comment in jaxgrow/config.py)") from None
     return rest
+
+
+def _check_flags_apply(command: str, argv: list[str]) -> None:
+    """A jaxgrow flag given on the command line that the subcommand does not take is an error."""
+    allowed = set(COMMAND_FLAGS[command])
+    given = [name for name in sorted(_jaxgrow_flags()) if FLAGS[name].present]
+    if any(a.startswith(("--config.", "-config.")) for a in argv[1:]):
+        given.append("config")
+    for name in given:
+        if name not in allowed:
+            users = [c for c in COMMANDS if name in COMMAND_FLAGS[c]]
+            raise UsageError(f"--{name} does not apply to `{command}` (it is a flag of: {', '.join(users) or 'none'}); "
+                             f"`{command}` takes " + ", ".join(f"--{f}" for f in COMMAND_FLAGS[command]))
 
 
 def _config_load_error(e: OSError) -> str:
@@ -103,6 +172,14 @@ def _workdir(required: bool = True) -> Path | None:
     return Path(FLAGS.workdir).expanduser().absolute()  # orbax needs absolute paths
 
 
+def _member() -> str | None:
+    """--member NAME, or None for every finished member (--all, or neither flag): `sample` and
+    `export` select members the same way."""
+    if FLAGS.all and FLAGS.member:
+        raise UsageError("give --member NAME or --all, not both")
+    return None if FLAGS.all else FLAGS.member
+
+
 def _maybe_init_distributed(cfg) -> None:
     """jax.distributed.initialize() only when asked: config.distributed=on, or auto with a
     coordinator in the environment (JAX_COORDINATOR_ADDRESS) or a multi-host TPU slice."""
@@ -124,17 +201,17 @@ def _maybe_init_distributed(cfg) -> None:
     log.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
 
 
-def cmd_train() -> int:
-    from jaxgrow import family, train  # noqa: PLC0415
+def cmd_train(rest: list[str]) -> int:
+    from jaxgrow import faults, family, train  # noqa: PLC0415
 
     cfg = _config()
     workdir = _workdir()
     _maybe_init_distributed(cfg)
     t0 = time.perf_counter()
-    with train.SignalFlag() as signals:
+    with faults.SignalFlag() as signals:
         try:
             setup = family.run(cfg, workdir, signals)
-        except train.Preempted as p:
+        except faults.Preempted as p:
             log.warning("stopped by %s after saving a checkpoint; rerun the same command to continue", p)
             return 0 if p.signum == signal.SIGTERM else 130
         except train.NonFiniteLoss as e:
@@ -147,7 +224,7 @@ def cmd_train() -> int:
     return 0
 
 
-def cmd_expand() -> int:
+def cmd_expand(rest: list[str]) -> int:
     from jaxgrow import commands  # noqa: PLC0415
 
     cfg = _config()
@@ -166,7 +243,7 @@ def _force_host_devices(cfg) -> None:
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
 
 
-def cmd_plan() -> int:
+def cmd_plan(rest: list[str]) -> int:
     cfg = _config()
     _force_host_devices(cfg)
     from jaxgrow import plan  # noqa: PLC0415
@@ -187,56 +264,76 @@ def cmd_evaluate(rest: list[str]) -> int:
     return 0
 
 
-def cmd_export() -> int:
-    from jaxgrow import hf  # noqa: PLC0415
+def cmd_export(rest: list[str]) -> int:
+    from jaxgrow import commands  # noqa: PLC0415
 
     if not FLAGS.out:
         raise UsageError("--out is required")
-    if not FLAGS.all and not FLAGS.member:
-        raise UsageError("give --member NAME or --all")
-    written = hf.export_workdir(_workdir(), Path(FLAGS.out).expanduser(), None if FLAGS.all else FLAGS.member)
+    written = commands.export_workdir(_workdir(), Path(FLAGS.out).expanduser().absolute(), _member())
     for path in written:
         print(f"jaxgrow: exported {path}")
     return 0
 
 
-def cmd_import() -> int:
-    from jaxgrow import hf  # noqa: PLC0415
+def cmd_import(rest: list[str]) -> int:
+    from jaxgrow import commands  # noqa: PLC0415
 
     if not FLAGS.hf:
         raise UsageError("--hf DIR is required")
-    out = hf.import_to_workdir(Path(FLAGS.hf).expanduser(), _workdir())
+    out = commands.import_to_workdir(Path(FLAGS.hf).expanduser(), _workdir())
     print(f"jaxgrow: imported {FLAGS.hf} into {out}")
     return 0
 
 
-def cmd_sample() -> int:
-    from jaxgrow import hf  # noqa: PLC0415
+def cmd_sample(rest: list[str]) -> int:
+    from jaxgrow import sampling  # noqa: PLC0415
 
-    results = hf.sample_workdir(_workdir(), None if FLAGS.all else FLAGS.member, FLAGS.prompt,
-                                FLAGS.max_new_tokens, FLAGS.temperature, FLAGS.top_k, FLAGS.seed)
+    results = sampling.sample_workdir(_workdir(), _member(), FLAGS.prompt, FLAGS.max_new_tokens, FLAGS.temperature,
+                                      FLAGS.top_k, FLAGS.seed)
     for name, text in results.items():
         print(f"=== {name} ===\n{FLAGS.prompt}{text}\n")
     return 0
 
 
+HANDLERS = {"train": cmd_train, "expand": cmd_expand, "plan": cmd_plan, "evaluate": cmd_evaluate,
+            "export": cmd_export, "import": cmd_import, "sample": cmd_sample}
+POSITIONAL = ("evaluate",)  # commands that take positional arguments
+
+
+def _help_request(argv: list[str]) -> str | None:
+    """The help text when argv asks for it (before parsing, so a broken --config cannot hide it)."""
+    if not any(a in HELP_FLAGS or a.startswith("--help=") for a in argv[1:]):
+        return None
+    if "--helpfull" in argv[1:]:
+        return FLAGS.get_help()
+    command = next((a for a in argv[1:] if a in COMMANDS), None)
+    return help_text(command)
+
+
 def main(argv: list[str] | None = None) -> int:
     logs.setup()
     argv = list(sys.argv if argv is None else argv)
+    text = _help_request(argv)
+    if text is not None:
+        sys.stdout.write(text)
+        return 0
     try:
         rest = _parse(argv)[1:]
         command = rest.pop(0) if rest and rest[0] in COMMANDS else "train"
-        if command not in ("evaluate",) and rest:
-            raise UsageError(f"unexpected arguments {rest}; commands: {list(COMMANDS)}")
-        if command == "evaluate":
-            return cmd_evaluate(rest)
-        return {"train": cmd_train, "expand": cmd_expand, "plan": cmd_plan, "export": cmd_export,
-                "import": cmd_import, "sample": cmd_sample}[command]()
+        if command not in POSITIONAL and rest:
+            raise UsageError(f"unexpected arguments {rest}; commands: {list(COMMANDS)} (see --help)")
+        _check_flags_apply(command, argv)
+        return HANDLERS[command](rest)
     except KeyboardInterrupt:
         return _fail("interrupted", code=130)
     except (UsageError, InputError) as e:
         return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `jaxgrow` console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

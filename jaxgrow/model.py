@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxgrow import layout, sharding
+from jaxgrow import config as config_lib, layout, sharding
 
 _REMAT = {
     "full": None,  # save nothing: recompute the whole block in the backward pass
@@ -29,8 +29,7 @@ _REMAT = {
 }
 
 
-def _frozen(cfg: Any) -> ml_collections.FrozenConfigDict:
-    return cfg if isinstance(cfg, ml_collections.FrozenConfigDict) else ml_collections.FrozenConfigDict(cfg)
+_frozen = config_lib.frozen
 
 
 def _initializer(spec: layout.ParamSpec):

@@ -13,7 +13,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxgrow import config as config_lib, expand, family, sharding, train
+from jaxgrow import config as config_lib, expand, sharding, train
+from jaxgrow.budgets import StageBudget, budgets, lr_schedule
 
 
 def _per_device_bytes(abstract: Any) -> int:
@@ -34,21 +35,14 @@ def _memory(compiled) -> dict:
     return {k: int(getattr(m, k, 0)) for k in keys}
 
 
-def compile_train_step(cfg: Any, stage: family.StageBudget, mesh: jax.sharding.Mesh):
-    """AOT-compiled train step of one stage on abstract, sharded inputs."""
-    optimizer = train.make_optimizer(cfg.optimizer, stage.model)
-    abstract = train.abstract_state(stage.model, optimizer, mesh)
-    shardings = jax.tree.map(lambda x: x.sharding, abstract)
-    step_fn = train.make_train_step(stage.model, optimizer, family.lr_schedule(cfg, stage),
-                                    grad_accum_steps=cfg.optimizer.grad_accum_steps)
-    batch = jax.ShapeDtypeStruct((cfg.data.batch_size, cfg.data.seq_len + 1), jnp.int32,
-                                 sharding=sharding.batch_sharding(mesh))
-    with jax.set_mesh(mesh):
-        lowered = train.jit_train_step(step_fn, shardings, mesh).lower(abstract, batch)
-        return abstract, lowered.compile()
+def compile_train_step(cfg: Any, stage: StageBudget, mesh: jax.sharding.Mesh):
+    """AOT-compiled train step of one stage on abstract, sharded inputs: the very jitted step that
+    training runs (train.compile_stage), lowered without allocating any arrays."""
+    compiled = train.compile_stage(stage.model, cfg.optimizer, lr_schedule(cfg, stage), mesh)
+    return compiled.abstract, compiled.lower(cfg.data.batch_size, cfg.data.seq_len).compile()
 
 
-def compile_expansion(cfg: Any, prev: family.StageBudget, stage: family.StageBudget, mesh: jax.sharding.Mesh):
+def compile_expansion(cfg: Any, prev: StageBudget, stage: StageBudget, mesh: jax.sharding.Mesh):
     src = train.abstract_state(prev.model, train.make_optimizer(cfg.optimizer, prev.model), mesh).params
     dst = sharding.param_shardings(stage.model, mesh)
     e = cfg.expansion
@@ -62,7 +56,7 @@ def compile_expansion(cfg: Any, prev: family.StageBudget, stage: family.StageBud
 def plan_rows(cfg: Any, compile_steps: bool = True) -> tuple[jax.sharding.Mesh, list[dict]]:
     config_lib.validate(cfg)
     mesh = sharding.make_mesh(cfg.mesh)
-    stages = family.budgets(cfg)
+    stages = budgets(cfg)
     rows = []
     for i, s in enumerate(stages):
         optimizer = train.make_optimizer(cfg.optimizer, s.model)

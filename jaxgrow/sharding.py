@@ -64,6 +64,14 @@ def make_mesh(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mes
     return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 
+def eval_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The mesh for evaluation, export and sampling of a finished member: every given device
+    (default: all) on the fsdp axis, so any member fits wherever its training did."""
+    import ml_collections  # noqa: PLC0415
+
+    return make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1, "dcn_data": 1}), devices)
+
+
 def logical_to_spec(axes: Sequence[str], shape: Sequence[int], mesh_shape: dict[str, int]) -> PartitionSpec:
     """PartitionSpec for an array with these logical axes, replicating non-divisible dims."""
     used: set[str] = set()

@@ -7,11 +7,9 @@ config, an initial state, a data iterator, a step count and an LR schedule.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxgrow import checkpoint, faults, layout, model, sharding
+from jaxgrow import checkpoint, faults, layout, logs, model, sharding
+from jaxgrow.faults import Preempted, SignalFlag
 
 log = logging.getLogger("jaxgrow")
 
@@ -36,14 +35,6 @@ class TrainState:
 
 class NonFiniteLoss(RuntimeError):
     pass
-
-
-class Preempted(Exception):
-    """Raised after a preemption checkpoint has been written; the run exits cleanly."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,6 +191,53 @@ def jit_train_step(step_fn: Callable, shardings: TrainState, mesh: jax.sharding.
                    donate_argnums=0)
 
 
+
+@dataclasses.dataclass
+class CompiledStage:
+    """One stage's optimizer, abstract state and jitted steps: what training runs, what `plan`
+    analyses and what bench_train times (built by `compile_stage`, the only place that chains
+    make_optimizer -> abstract_state -> shardings -> make_train_step -> jit)."""
+
+    model_cfg: Any
+    optimizer: optax.GradientTransformation
+    abstract: TrainState       # ShapeDtypeStructs with shardings
+    shardings: TrainState
+    mesh: jax.sharding.Mesh
+    train_step: Callable       # jitted (state, batch[, teacher_params]) -> (state, metrics), donates state
+    eval_step: Callable        # jitted (params, batch) -> (summed NLL, token count)
+    teacher_shardings: Any = None
+
+    def batch_spec(self, batch_size: int, seq_len: int) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct((batch_size, seq_len + 1), jnp.int32, sharding=sharding.batch_sharding(self.mesh))
+
+    def lower(self, batch_size: int, seq_len: int):
+        """The train step lowered on abstract inputs (no arrays allocated); `.compile()` it for AOT
+        memory analysis."""
+        args = (self.abstract, self.batch_spec(batch_size, seq_len))
+        if self.teacher_shardings is not None:
+            raise NotImplementedError("lowering with a consistency teacher is not needed by any caller")
+        with jax.set_mesh(self.mesh):
+            return self.train_step.lower(*args)
+
+
+def compile_stage(model_cfg: Any, opt_cfg: Any, schedule: Callable, mesh: jax.sharding.Mesh, *,
+                  consistency: Consistency | None = None) -> CompiledStage:
+    """The optimizer, abstract sharded state and jitted train/eval steps of one stage.
+
+    opt_cfg: config.optimizer (its grad_accum_steps sets the micro-batches). consistency: the
+    frozen teacher's KL term; the teacher's params are then the train step's third argument,
+    sharded like its own layout.
+    """
+    optimizer = make_optimizer(opt_cfg, model_cfg)
+    abstract = abstract_state(model_cfg, optimizer, mesh)
+    shardings = jax.tree.map(lambda x: x.sharding, abstract)
+    step_fn = make_train_step(model_cfg, optimizer, schedule, grad_accum_steps=opt_cfg.grad_accum_steps,
+                              consistency=consistency)
+    teacher_shardings = sharding.param_shardings(consistency.teacher_cfg, mesh) if consistency else None
+    return CompiledStage(model_cfg=model_cfg, optimizer=optimizer, abstract=abstract, shardings=shardings, mesh=mesh,
+                         train_step=jit_train_step(step_fn, shardings, mesh, teacher_shardings),
+                         eval_step=jax.jit(make_eval_step(model_cfg)), teacher_shardings=teacher_shardings)
+
 def evaluate_loss(eval_step: Callable, params: Any, batches: list[jax.Array]) -> float:
     """Mean token NLL over the fixed held-out batches."""
     total, count = 0.0, 0.0
@@ -207,67 +245,6 @@ def evaluate_loss(eval_step: Callable, params: Any, batches: list[jax.Array]) ->
         s, n = eval_step(params, b)
         total, count = total + s, count + n
     return float(total / count)
-
-
-# ----------------------------------------------------------------------------------------------
-# Logging
-
-
-class MetricsLog:
-    """metrics.jsonl (one JSON object per line) + TensorBoard event files; process 0 only."""
-
-    def __init__(self, workdir: Path):
-        self.enabled = jax.process_index() == 0
-        self._tb = None
-        if self.enabled:
-            self._path = Path(workdir, "metrics.jsonl")
-            from tensorboardX import SummaryWriter  # noqa: PLC0415
-
-            self._tb = SummaryWriter(str(Path(workdir, "tb")))
-
-    def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self._path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        for key, value in record.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("step", "global_step"):
-                self._tb.add_scalar(f"{record.get('member', 'run')}/{key}", value, record.get("global_step", 0))
-        self._tb.flush()
-
-    def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
-
-
-class SignalFlag:
-    """SIGTERM/SIGINT set a flag that the loop checks at each step boundary (no host sync).
-
-    A second SIGINT interrupts immediately (the default behaviour). With several processes SIGTERM
-    is left to jax's preemption sync service (run_stage asks orbax's `reached_preemption`), so that
-    every host saves at the same step.
-    """
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            signals = (signal.SIGINT,) if jax.process_count() > 1 else (signal.SIGTERM, signal.SIGINT)
-            for sig in signals:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        log.warning("received %s: saving a checkpoint at the next step boundary", signal.Signals(signum).name)
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,7 +264,8 @@ class StageSpec:
     teacher_flops_per_step: float  # forward of the consistency teacher while it is active
     teacher_active_steps: int
     flops_offset: float          # family FLOPs spent before this stage
-    meta: dict                   # written into every checkpoint (config, stage info)
+    meta: checkpoint.Meta        # written into every checkpoint (stage info; data state added at save)
+    step_offset: int = 0         # steps of the stages before this one (family-wide step for TensorBoard)
 
     def flops_at(self, step: int) -> float:
         """Cumulative family FLOPs after `step` steps of this stage."""
@@ -296,7 +274,7 @@ class StageSpec:
 
 
 def run_stage(spec: StageSpec, state: TrainState, train_step: Callable, eval_step: Callable,
-              data_iter: Any, eval_batches: list, ckpts: checkpoint.Checkpoints, metrics_log: MetricsLog,
+              data_iter: Any, eval_batches: list, ckpts: checkpoint.Checkpoints, metrics_log: logs.MetricsLog,
               run_cfg: Any, workdir: Path, signals: SignalFlag, teacher_params: Any = None) -> TrainState:
     """Trains `state` from its step to spec.steps, checkpointing, logging and evaluating.
 
@@ -314,12 +292,12 @@ def run_stage(spec: StageSpec, state: TrainState, train_step: Callable, eval_ste
     bar = tqdm(total=spec.steps, initial=start, desc=f"stage {spec.index} {spec.name}", unit="step",
                disable=not (run_cfg.log.progress and jax.process_index() == 0), dynamic_ncols=True)
     t_last, step_last = time.perf_counter(), start
-    base = {"stage": spec.index, "member": spec.name}
+    base = {"stage": spec.index, "member": spec.name, "step_offset": spec.step_offset}
     multi_host = jax.process_count() > 1
 
     def save(step: int):
         ckpts.save(step, state.params, state.opt_state,
-                   dict(spec.meta, data_state=data_iter.state(), nonfinite=int(jax.device_get(state.nonfinite))))
+                   spec.meta.replace(data_state=data_iter.state(), nonfinite=int(jax.device_get(state.nonfinite))))
         faults.point("checkpoint_saving")
 
     def check_finite(step: int):

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from jaxgrow import config, family, flops
+from jaxgrow import budgets, config, flops
 
 
 def tiny():
@@ -64,7 +64,7 @@ def test_family_members_may_not_shrink_or_change_vocab_or_head_dim(key, value, m
 
 def test_paper_cost_rule_budgets():
     c = family_tiny()
-    prog, ind = family.budgets(c, "progressive"), family.budgets(c, "independent")
+    prog, ind = budgets.budgets(c, "progressive"), budgets.budgets(c, "independent")
     n = [s.non_embedding_params for s in ind]
     tokens_per_step = c.data.batch_size * c.data.seq_len
     # independent tokens proportional to size (up to rounding to whole steps)
@@ -83,9 +83,9 @@ def test_paper_cost_rule_budgets():
 
 def test_budget_scale_scales_every_budget():
     c = family_tiny()
-    full = family.budgets(c)
+    full = budgets.budgets(c)
     c.budget_scale = 0.5
-    half = family.budgets(c)
+    half = budgets.budgets(c)
     for a, b in zip(full, half):
         assert abs(b.steps - a.steps / 2) <= 1
 

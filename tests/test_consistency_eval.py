@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from conftest import REPO
-from jaxgrow import config, data, evaluate, expand, family, flops, model, train
+from jaxgrow import budgets, config, data, evaluate, expand, flops, model, train
 
 SRC = config.model_config(vocab_size=97, hidden_size=32, ffn_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
                           head_dim=8, init_std=0.3)
@@ -57,9 +57,9 @@ def test_consistency_weight_decays_to_zero_over_the_active_fraction():
 
 def test_flops_accounting_adds_the_teachers_forward():
     c = importlib.import_module("configs.family_tiny").get_config()
-    plain = family.budgets(c)
+    plain = budgets.budgets(c)
     c.consistency.weight, c.consistency.fraction = 0.5, 0.5
-    with_teacher = family.budgets(c)
+    with_teacher = budgets.budgets(c)
     per_step = c.data.batch_size * c.data.seq_len
     assert with_teacher[0].train_flops == plain[0].train_flops  # no teacher for the first member
     for prev, a, b in zip(with_teacher, plain[1:], with_teacher[1:]):

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from conftest import REPO, TINY_FAMILY_ARGS, run_cli
-from jaxgrow import family
+from jaxgrow import budgets, workdir as workdir_lib
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +41,8 @@ def check_report(workdir, mode):
 
 def test_progressive_family_report(tiny_family):
     report = check_report(tiny_family, "progressive")
-    cfg, stages = family.load_setup_for_eval(tiny_family)
-    independent = family.budgets(cfg, "independent")
+    cfg, stages = workdir_lib.load_setup_for_eval(tiny_family)
+    independent = budgets.budgets(cfg, "independent")
     # the paper's cost rule: the progressive family costs what training the largest member alone costs
     assert report["total_train_flops"] == pytest.approx(independent[-1].train_flops, rel=0.02)
     assert report["independent_total_train_flops"] == pytest.approx(sum(s.train_flops for s in independent))
@@ -74,7 +74,7 @@ def test_independent_family_report(tiny_family, independent_family):
     # the first member is trained identically in both modes (same seed, data order and budget)
     assert report["members"][0]["eval_loss"] == pytest.approx(progressive["members"][0]["eval_loss"], abs=1e-6)
     # independent members see tokens proportional to their non-embedding size (up to whole steps)
-    cfg, _ = family.load_setup_for_eval(workdir)
+    cfg, _ = workdir_lib.load_setup_for_eval(workdir)
     largest = report["members"][-1]
     per_step = cfg.data.batch_size * cfg.data.seq_len
     for m in report["members"]:

@@ -16,7 +16,8 @@ import pytest
 from conftest import run_cli
 from safetensors.numpy import load_file, save_file
 
-from jaxgrow import checkpoint, config, data, family, hf, layout, model
+from jaxgrow import checkpoint, commands, config, data, hf, layout, model, sampling
+from jaxgrow import workdir as workdir_lib
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -137,7 +138,7 @@ def test_export_matches_transformers(name, tokenizer, tmp_path):
     assert np.abs(ours).max() > 1.0  # non-trivial logits, so the tolerance means something
     np.testing.assert_allclose(theirs, ours, atol=ATOL, rtol=0)
     prompt = tokens[0, :5].tolist()  # greedy decoding agrees token for token (HF decodes with a KV cache)
-    assert hf.generate(params, cfg, prompt, 12) == hf_greedy(hf_model, prompt, 12)
+    assert sampling.generate(params, cfg, prompt, 12) == hf_greedy(hf_model, prompt, 12)
 
     auto_tok = transformers.AutoTokenizer.from_pretrained(str(out))
     assert auto_tok.eos_token == data.EOS and auto_tok.eos_token_id == eos
@@ -211,11 +212,11 @@ def test_import_to_workdir_then_expand(tokenizer, tmp_path):
     src, hf_model = hf_random_llama(tmp_path, tie=False)
     tokenizer.save(str(src / "tokenizer.json"))
     work = tmp_path / "imported"
-    member_dir = hf.import_to_workdir(src, work)
-    assert member_dir == family.member_dir(work, hf.IMPORTED_MEMBER)
+    member_dir = commands.import_to_workdir(src, work)
+    assert member_dir == workdir_lib.member_dir(work, hf.IMPORTED_MEMBER)
     assert (work / "tokenizer.json").read_text() == (src / "tokenizer.json").read_text()
 
-    cfg, stages = family.load_setup_for_eval(work)
+    cfg, stages = workdir_lib.load_setup_for_eval(work)
     assert [s.name for s in stages] == [hf.IMPORTED_MEMBER]
     ckpts = checkpoint.Checkpoints(member_dir)
     meta = ckpts.read_meta(ckpts.latest_step())
@@ -225,7 +226,7 @@ def test_import_to_workdir_then_expand(tokenizer, tmp_path):
     params = _restore(member_dir, stages[0].model)
     assert_params_equal(params, hf.load_params(src)[0])
     with pytest.raises(config.InputError, match="already holds a run"):
-        hf.import_to_workdir(src, work)
+        commands.import_to_workdir(src, work)
 
     # The imported member grows like any other: expand into a wider, deeper first member.
     big = tmp_path / "big.py"
@@ -303,10 +304,10 @@ def test_generate_is_one_compilation_and_samples_sensibly():
     cfg = config.model_config(vocab_size=64, init_std=0.2, **CONFIGS["mqa_untied"])
     params = jax.device_put(random_params(cfg))
     prompt = [1, 2, 3]
-    greedy = hf.generate(params, cfg, prompt, 12)
-    before = hf._decode._cache_size()
-    assert hf.generate(params, cfg, prompt + [4, 5], 12) is not None  # same buffer bucket: no recompile
-    assert hf._decode._cache_size() == before
+    greedy = sampling.generate(params, cfg, prompt, 12)
+    before = sampling._decode._cache_size()
+    assert sampling.generate(params, cfg, prompt + [4, 5], 12) is not None  # same buffer bucket: no recompile
+    assert sampling._decode._cache_size() == before
 
     def next_logits(seq):  # reference: the forward over a zero-padded row (one shape, one compilation)
         row = np.zeros((1, 32), np.int32)
@@ -318,22 +319,22 @@ def test_generate_is_one_compilation_and_samples_sensibly():
     for _ in range(12):
         seq.append(int(np.argmax(next_logits(seq))))
     assert greedy == seq[len(prompt):]
-    assert hf.generate(params, cfg, prompt, 12, temperature=1.0, top_k=1, seed=5) == greedy
+    assert sampling.generate(params, cfg, prompt, 12, temperature=1.0, top_k=1, seed=5) == greedy
 
-    a = hf.generate(params, cfg, prompt, 30, temperature=1.0, seed=1)
-    assert a == hf.generate(params, cfg, prompt, 30, temperature=1.0, seed=1)
-    assert a != hf.generate(params, cfg, prompt, 30, temperature=1.0, seed=2)
-    top3 = hf.generate(params, cfg, prompt, 10, temperature=5.0, top_k=3, seed=0)
+    a = sampling.generate(params, cfg, prompt, 30, temperature=1.0, seed=1)
+    assert a == sampling.generate(params, cfg, prompt, 30, temperature=1.0, seed=1)
+    assert a != sampling.generate(params, cfg, prompt, 30, temperature=1.0, seed=2)
+    top3 = sampling.generate(params, cfg, prompt, 10, temperature=5.0, top_k=3, seed=0)
     seq = list(prompt)
     for t in top3:  # every sampled token is among the 3 most likely at its step
         assert t in np.argsort(next_logits(seq))[-3:]
         seq.append(t)
 
     stop = greedy[4]  # stops right after emitting eos_id
-    assert hf.generate(params, cfg, prompt, 12, eos_id=stop) == greedy[:greedy.index(stop) + 1]
-    assert hf.generate(params, cfg, prompt, 0) == []
+    assert sampling.generate(params, cfg, prompt, 12, eos_id=stop) == greedy[:greedy.index(stop) + 1]
+    assert sampling.generate(params, cfg, prompt, 0) == []
     with pytest.raises(config.InputError, match="temperature"):
-        hf.generate(params, cfg, prompt, 4, temperature=-1.0)
+        sampling.generate(params, cfg, prompt, 4, temperature=-1.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -354,7 +355,7 @@ def _parse_samples(stdout: str, prompt: str) -> dict[str, str]:
 def test_family_export_all_and_greedy_sample_match_transformers(tiny_family, tmp_path):
     out = tmp_path / "hf"
     proc = run_cli("export", "--workdir", str(tiny_family), "--all", "--out", str(out), check=True)
-    cfg, stages = family.load_setup_for_eval(tiny_family)
+    cfg, stages = workdir_lib.load_setup_for_eval(tiny_family)
     names = [s.name for s in stages]
     assert sorted(p.name for p in out.iterdir()) == sorted(names)
     assert proc.stdout.count("jaxgrow: exported") == len(names)
@@ -369,12 +370,12 @@ def test_family_export_all_and_greedy_sample_match_transformers(tiny_family, tmp
     tokens = random_tokens(cfg.model.vocab_size, shape=(2, 32), seed=5)
     for stage in stages:
         hf_model = load_hf(out / stage.name)
-        params = jax.device_get(family.member_params(tiny_family, stage))
+        params = jax.device_get(workdir_lib.member_params(tiny_family, stage))
         np.testing.assert_allclose(hf_logits(hf_model, tokens), our_logits(params, stage.model, tokens),
                                    atol=ATOL, rtol=0)
         hf_new = hf_greedy(hf_model, prompt_ids, n_new)
         assert len(hf_new) == n_new
-        assert hf.generate(params, stage.model, prompt_ids, n_new) == hf_new, stage.name
+        assert sampling.generate(params, stage.model, prompt_ids, n_new) == hf_new, stage.name
         until_eos = hf_new[:hf_new.index(eos)] if eos in hf_new else hf_new
         assert prompt + samples[stage.name] == tok.decode(prompt_ids + until_eos), stage.name
 
@@ -382,14 +383,14 @@ def test_family_export_all_and_greedy_sample_match_transformers(tiny_family, tmp
 def test_workdir_commands_refuse_bad_members(tmp_path):
     work = tmp_path / "w"
     with pytest.raises(config.InputError, match="no config.json"):
-        hf.export_workdir(work, tmp_path / "out", None)
+        commands.export_workdir(work, tmp_path / "out", None)
     cfg = config.base_config()
     config.add_member(cfg, "only", hidden_size=64)
     work.mkdir()
-    family.write_config(cfg, work)
+    workdir_lib.write_config(cfg, work)
     with pytest.raises(config.InputError, match="--member=nope is not a member"):
-        hf.export_workdir(work, tmp_path / "out", "nope")
+        commands.export_workdir(work, tmp_path / "out", "nope")
     with pytest.raises(config.InputError, match="holds no finished member"):
-        hf.sample_workdir(work, None, "hi", 4, 0.0, 0, 0)
+        sampling.sample_workdir(work, None, "hi", 4, 0.0, 0, 0)
     with pytest.raises(config.InputError, match="top_k"):
-        hf.sample_workdir(work, "only", "hi", 4, 0.0, -1, 0)
+        sampling.sample_workdir(work, "only", "hi", 4, 0.0, -1, 0)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_FAMILY_ARGS, run_cli
-from jaxgrow import checkpoint, family
+from jaxgrow import checkpoint
+from jaxgrow import workdir as workdir_lib
 
 pytestmark = pytest.mark.slow
 
@@ -19,8 +20,8 @@ MEMBERS = ("small", "medium", "large")
 
 
 def member_arrays(workdir: Path) -> dict:
-    cfg, stages = family.load_setup_for_eval(workdir)
-    return {s.name: jax.tree.map(np.asarray, jax.device_get(family.member_params(workdir, s))) for s in stages}
+    cfg, stages = workdir_lib.load_setup_for_eval(workdir)
+    return {s.name: jax.tree.map(np.asarray, jax.device_get(workdir_lib.member_params(workdir, s))) for s in stages}
 
 
 def assert_bitwise_equal(a: dict, b: dict) -> None:

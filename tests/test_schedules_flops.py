@@ -56,15 +56,15 @@ def test_warmup_peak_and_floor(decay):
 
 
 def test_each_stage_rewarms_to_its_own_peak():
-    from jaxgrow import family
+    from jaxgrow import budgets
     import importlib
 
     c = importlib.import_module("configs.family_tiny").get_config()
     c.lr.rule = "power"
-    stages = family.budgets(c)
+    stages = budgets.budgets(c)
     peaks = []
     for st in stages:
-        s = family.lr_schedule(c, st)
+        s = budgets.lr_schedule(c, st)
         w = int(c.lr.warmup_fraction * st.steps)
         assert float(s(0)) < float(s(w))
         peaks.append(float(s(w)))

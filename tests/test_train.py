@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxgrow import checkpoint, data, family, sharding, train
+from jaxgrow import budgets, checkpoint, data, sharding, train
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,8 @@ def mesh_of(data_=1, fsdp=1, tensor=1, devices=None):
 def setup_step(c, mesh, steps=100, accum=1):
     m = c.model
     opt = train.make_optimizer(c.optimizer, m)
-    stage = family.budgets(c)[0]
-    sched = family.lr_schedule(c, stage)
+    stage = budgets.budgets(c)[0]
+    sched = budgets.lr_schedule(c, stage)
     state = train.init_state(m, opt, jax.random.key(0), mesh)
     shard = jax.tree.map(lambda x: x.sharding, state)
     step = train.jit_train_step(train.make_train_step(m, opt, sched, grad_accum_steps=accum), shard, mesh)

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxgrow import layout
+from jaxgrow import config as config_lib, layout
 from jaxgrow.expand import core
 from jaxgrow.expand.maps import DEPTHS, METHODS, Plan, check, make_plan, needs_untie, place_heads
 
@@ -56,8 +56,7 @@ def expand_params(params: dict, src_cfg: Any, dst_cfg: Any, *, method: str = "ze
     return fn(params, _default_key(key))
 
 
-def _frozen(cfg: Any) -> ml_collections.FrozenConfigDict:
-    return cfg if isinstance(cfg, ml_collections.FrozenConfigDict) else ml_collections.FrozenConfigDict(cfg)
+_frozen = config_lib.frozen
 
 
 @functools.lru_cache(maxsize=128)

@@ -20,9 +20,9 @@ import numpy as np
 
 from jaxgrow import config as config_lib
 
-METHODS = ("zero", "tile", "bert2bert_fpi", "bert2bert_aki")
-DEPTHS = ("identity", "stack", "interleave")
-DEPTH_POSITIONS = ("interleave", "top")
+METHODS = config_lib.EXPANSION_METHODS  # the names are declared once, in config.py
+DEPTHS = config_lib.DEPTH_STRATEGIES
+DEPTH_POSITIONS = config_lib.DEPTH_POSITIONS
 COPY_METHODS = ("tile", "bert2bert_fpi", "bert2bert_aki")
 
 
@@ -197,6 +197,10 @@ def check(src_cfg: Any, dst_cfg: Any, method: str, depth: str, position: str = "
         raise ValueError(f"dst_cfg.tie_embeddings=True: method={method!r} must untie the embedding to grow "
                          "hidden_size (the LM head needs the copies divided, the embedding does not); "
                          "set dst_cfg.tie_embeddings=False (see expand.resolve_target)")
+    if (src_cfg.num_heads, src_cfg.num_kv_heads) != (dst_cfg.num_heads, dst_cfg.num_kv_heads):
+        # The head placement itself is the test: it raises (naming num_kv_heads) when GQA groups cannot be kept.
+        place_heads(src_cfg.num_heads, src_cfg.num_kv_heads, dst_cfg.num_heads, dst_cfg.num_kv_heads,
+                    copy=method != "zero")
 
 
 def needs_untie(src_cfg: Any, dst_cfg: Any, method: str) -> bool:
