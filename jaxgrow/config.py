@@ -197,12 +197,8 @@ def members(config: ml_collections.ConfigDict) -> list[Member]:
 
 
 def param_count(m: Any) -> int:
-    """Total parameters by the analytic formula (tests check it against the layout)."""
-    D, F, L = m.hidden_size, m.ffn_size, m.num_layers
-    q = m.num_heads * m.head_dim
-    kv = m.num_kv_heads * m.head_dim
-    per_layer = 2 * D + D * q + 2 * D * kv + q * D + 3 * D * F
-    return layout.embedding_param_count(m) + L * per_layer + D
+    """Total parameters: the sum over the layout's declaration (layout.param_specs)."""
+    return sum(math.prod(spec.shape) for spec in layout.param_specs(m))
 
 
 def non_embedding_param_count(m: Any) -> int:
@@ -294,6 +290,17 @@ def validate(config: ml_collections.ConfigDict) -> list[Member]:
     _check(0 <= lr.warmup_fraction < 1, f"lr.warmup_fraction={lr.warmup_fraction} must be in [0, 1)")
     _check(0 <= lr.min_lr_ratio <= 1, f"lr.min_lr_ratio={lr.min_lr_ratio} must be in [0, 1]")
     _check(0 < lr.wsd_decay_fraction <= 1, f"lr.wsd_decay_fraction={lr.wsd_decay_fraction} must be in (0, 1]")
+    _check(lr.n_ref > 0, f"lr.n_ref={lr.n_ref} must be > 0")
+    from jaxgrow import schedules  # noqa: PLC0415  (imports jax; config itself stays light)
+
+    for mem in fam:  # every member's peak LR, so a bad rule or table fails before anything is written
+        n = non_embedding_param_count(mem.model)
+        try:
+            peak = schedules.peak_lr(n, lr.rule, peak=lr.peak, n_ref=lr.n_ref, alpha=lr.alpha, table=lr.table)
+        except ValueError as e:
+            raise ConfigError(f"{e} (member {mem.name}, N={n:,})") from None
+        _check(math.isfinite(peak) and peak > 0,
+               f"lr.rule={lr.rule!r} gives peak LR {peak} for member {mem.name} (N={n:,}); it must be finite and > 0")
 
     e = config.expansion
     _check(e.method in EXPANSION_METHODS, f"expansion.method={e.method!r} must be one of {list(EXPANSION_METHODS)}")

@@ -11,17 +11,20 @@ Norms, softmax, RoPE, the embedding lookup and the optimizer update are not coun
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+from jaxgrow import layout
 
 CONVENTION = ("train = 3 x forward; forward/token = 2*N_matmul + 2*T*H*d*L "
               "(causal attention halved; N_matmul includes the LM head; norms/softmax/optimizer not counted)")
 
 
 def matmul_params(m: Any) -> int:
-    D, F, L = m.hidden_size, m.ffn_size, m.num_layers
-    q, kv = m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim
-    per_layer = D * q + 2 * D * kv + q * D + 3 * D * F
-    return L * per_layer + D * m.vocab_size
+    """Weights that take part in a matmul, from the layout: every parameter that reads an axis
+    (role "in": q, k, v, o, gate, up, down, lm_head), plus the LM-head matmul of a tied embedding."""
+    n = sum(math.prod(s.shape) for s in layout.param_specs(m) if "in" in s.roles)
+    return n + (m.vocab_size * m.hidden_size if m.tie_embeddings else 0)
 
 
 def attention_flops_per_token(m: Any, seq_len: int, causal: bool = True) -> float:

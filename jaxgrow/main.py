@@ -91,7 +91,7 @@ def _jaxgrow_flags() -> set[str]:
 def _flag_line(name: str) -> str:
     flag = FLAGS[name]
     empty = flag.default is None or (isinstance(flag.default, (str, list)) and not flag.default)
-    default = "" if empty or name == "config" else f" (default: {flag.default_as_str})"
+    default = "" if empty or name == "config" else f" (default: {flag.value if flag.present else flag.default})"
     return f"  --{name:<16} {flag.help}{default}"
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from jaxgrow import flops
+from jaxgrow import flops, storage
+
+PLOTS = {"eval_loss_vs_flops.png": "held-out loss vs cumulative train FLOPs",
+         "lr_schedule.png": "LR schedule of every stage"}
 
 
 def read_metrics(workdir: Path) -> list[dict]:
@@ -61,13 +63,10 @@ def markdown(report: dict) -> str:
         lines.append(f"| {m['name']} | {m['params']:,} | {m['non_embedding_params']:,} | {m['tokens']:,} | "
                      f"{m['train_flops']:.3g} | {m['eval_loss']:.4f} | {m['eval_ppl']:.2f} | "
                      f"{fmt(m['kl_to_next'])} | {fmt(m['kl_from_next'])} |")
-    return "\n".join(lines) + "\n"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    lines += ["", "## Plots", ""]
+    for name, title in PLOTS.items():  # written next to report.md by `write`
+        lines += [f"![{title}]({name})", ""]
+    return "\n".join(lines)
 
 
 def plot_eval_vs_flops(series: dict[str, dict[str, list[tuple[float, float]]]], path: Path, title: str) -> None:
@@ -129,8 +128,8 @@ def eval_series(metrics: list[dict]) -> dict[str, list[tuple[float, float]]]:
 
 def write(workdir: Path, report: dict, stages: list, schedules: list) -> None:
     workdir = Path(workdir)
-    _atomic_write(workdir / "report.json", json.dumps(report, indent=2))
-    _atomic_write(workdir / "report.md", markdown(report))
+    storage.atomic_write_text(workdir / "report.json", json.dumps(report, indent=2))
+    storage.atomic_write_text(workdir / "report.md", markdown(report))
     per_member = eval_series(read_metrics(workdir))
     plot_eval_vs_flops({m: {m: pts} for m, pts in per_member.items()}, workdir / "eval_loss_vs_flops.png",
                        f"held-out loss vs cumulative FLOPs ({report['mode']})")

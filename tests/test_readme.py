@@ -22,3 +22,27 @@ def test_quick_start_has_exactly_two_commands():
 def test_ci_runs_the_readme_test_command():
     ci_lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
     assert quick_start_commands()[1] in ci_lines
+
+
+def test_every_requirement_has_an_exact_pin_in_constraints_that_satisfies_its_range():
+    from packaging.requirements import Requirement  # noqa: PLC0415
+
+    def lines(name):
+        return [line.split("#")[0].strip() for line in (REPO / name).read_text().splitlines()
+                if line.split("#")[0].strip()]
+
+    pins = {}
+    for line in lines("constraints.txt"):
+        req = Requirement(line)
+        (spec,) = req.specifier
+        assert spec.operator == "==", line
+        pins[req.name.lower().replace("_", "-")] = spec.version
+    for name in ("requirements.txt", "requirements-test.txt", "requirements-hf.txt"):
+        for line in lines(name):
+            req = Requirement(line)
+            assert all(s.operator != "==" for s in req.specifier), f"{name}: {line} (exact pins go in constraints.txt)"
+            key = req.name.lower().replace("_", "-")
+            assert key in pins, f"{name}: {req.name} has no pin in constraints.txt"
+            assert req.specifier.contains(pins[key]), f"constraints.txt {key}=={pins[key]} is outside {name}: {line}"
+    for command in quick_start_commands():
+        assert command.startswith("pip install -c constraints.txt -e ")
