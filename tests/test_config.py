@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from jaxgrow import budgets, config, flops
+from jaxgrow import config, expand, family
 
 
 def tiny():
@@ -62,34 +62,6 @@ def test_family_members_may_not_shrink_or_change_vocab_or_head_dim(key, value, m
         config.validate(c)
 
 
-def test_paper_cost_rule_budgets():
-    c = family_tiny()
-    prog, ind = budgets.budgets(c, "progressive"), budgets.budgets(c, "independent")
-    n = [s.non_embedding_params for s in ind]
-    tokens_per_step = c.data.batch_size * c.data.seq_len
-    # independent tokens proportional to size (up to rounding to whole steps)
-    for s in ind:
-        assert abs(s.tokens - c.budget.largest_tokens * s.non_embedding_params / n[-1]) <= tokens_per_step
-    # progressive: cumulative cost after stage k ~ member k alone; the family costs the largest alone
-    total = sum(s.train_flops for s in prog)
-    assert total == pytest.approx(ind[-1].train_flops, rel=0.02)
-    cumulative = 0.0
-    for p, i in zip(prog, ind):
-        cumulative += p.train_flops
-        assert cumulative == pytest.approx(i.train_flops, rel=0.05)
-        assert p.train_flops == pytest.approx(p.tokens * flops.train_flops_per_token(p.model, c.data.seq_len))
-    assert prog[0].tokens == ind[0].tokens
-
-
-def test_budget_scale_scales_every_budget():
-    c = family_tiny()
-    full = budgets.budgets(c)
-    c.budget_scale = 0.5
-    half = budgets.budgets(c)
-    for a, b in zip(full, half):
-        assert abs(b.steps - a.steps / 2) <= 1
-
-
 def test_config_drift_ignores_run_length_and_logging_keys():
     a = json.loads(family_tiny().to_json())
     b = json.loads(family_tiny().to_json())
@@ -100,3 +72,44 @@ def test_config_drift_ignores_run_length_and_logging_keys():
     b["lr"]["peak"] = 1.0
     b["members"]["large"]["hidden_size"] = 256
     assert config.drift(a, b) == ["lr.peak", "members.large.hidden_size"]
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"rule": "table", "table": "1e6:abc"}, "lr.table='1e6:abc' must be 'gpt3' or 'N:lr,N:lr,...'"),
+    ({"rule": "table", "table": "1e6:-3e-4"}, "sizes and learning rates must be positive"),
+    ({"rule": "power", "n_ref": 0}, "lr.n_ref=0 must be > 0"),
+])
+def test_bad_lr_settings_are_refused_by_validate(changes, message):
+    c = family_tiny()
+    c.lr.update(changes)
+    with pytest.raises(config.ConfigError, match=message.replace("(", r"\(").replace(".", r"\.").replace("*", r"\*")):
+        config.validate(c)
+
+
+def test_kaplan_rule_is_checked_for_every_member_before_anything_is_written(tmp_path):
+    c = family_tiny()
+    c.lr.rule = "kaplan"
+    config.validate(c)  # small members: positive LR
+    # a member beyond ~1.2e10 non-embedding params gets a non-positive Kaplan LR
+    config.add_member(c, "huge", hidden_size=16384, ffn_size=65536, num_layers=64, num_heads=128, num_kv_heads=2)
+    with pytest.raises(config.ConfigError, match="kaplan.*non-positive LR.*member huge"):
+        config.validate(c)
+    with pytest.raises(config.ConfigError, match="member huge"):
+        family.prepare(c, tmp_path / "w")
+    assert not (tmp_path / "w").exists()  # no config.json, nothing at all
+
+
+def test_unplaceable_gqa_growth_is_refused_before_training(tmp_path):
+    c = config.base_config()
+    c.model = config.model_config(vocab_size=512, head_dim=16)
+    config.add_member(c, "a", hidden_size=64, ffn_size=128, num_layers=2, num_heads=9, num_kv_heads=3)
+    config.add_member(c, "b", hidden_size=64, ffn_size=128, num_layers=2, num_heads=10, num_kv_heads=5)
+    config.validate(c)  # each member is valid on its own
+    fam = config.members(c)
+    with pytest.raises(ValueError, match="num_kv_heads=5"):
+        expand.check(fam[0].model, fam[1].model, "zero", "identity")
+    with pytest.raises(config.ConfigError, match="expansion members.a -> members.b: .*num_kv_heads=5"):
+        family.prepare(c, tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+    c.members.b.num_kv_heads = 10  # 9/3 -> 10/10 places every old head next to a copy of its KV head
+    expand.check(config.members(c)[0].model, config.members(c)[1].model, "zero", "identity")

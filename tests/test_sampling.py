@@ -1,0 +1,69 @@
+"""jaxgrow.sampling: jitted decoding (one compilation, greedy = argmax of the full forward, top-k,
+seeds, EOS) and the member selection `sample` shares with `export`."""
+
+import jax
+import numpy as np
+import pytest
+from hf_common import CONFIGS, our_logits, random_params
+
+from jaxgrow import commands, config, hf, sampling
+from jaxgrow import workdir as workdir_lib
+
+
+def test_hf_generate_is_the_sampling_generate():
+    assert hf.generate is sampling.generate
+
+
+def test_generate_is_one_compilation_and_samples_sensibly():
+    cfg = config.model_config(vocab_size=64, init_std=0.2, **CONFIGS["mqa_untied"])
+    params = jax.device_put(random_params(cfg))
+    prompt = [1, 2, 3]
+    greedy = sampling.generate(params, cfg, prompt, 12)
+    before = sampling._decode._cache_size()
+    assert sampling.generate(params, cfg, prompt + [4, 5], 12) is not None  # same buffer bucket: no recompile
+    assert sampling._decode._cache_size() == before
+
+    def next_logits(seq):  # reference: the forward over a zero-padded row (one shape, one compilation)
+        row = np.zeros((1, 32), np.int32)
+        row[0, :len(seq)] = seq
+        return our_logits(params, cfg, row)[0, len(seq) - 1]
+
+    np.testing.assert_allclose(next_logits(prompt), our_logits(params, cfg, np.asarray([prompt]))[0, -1], atol=1e-5)
+    seq = list(prompt)  # greedy = argmax of the full forward at every step
+    for _ in range(12):
+        seq.append(int(np.argmax(next_logits(seq))))
+    assert greedy == seq[len(prompt):]
+    assert sampling.generate(params, cfg, prompt, 12, temperature=1.0, top_k=1, seed=5) == greedy
+
+    a = sampling.generate(params, cfg, prompt, 30, temperature=1.0, seed=1)
+    assert a == sampling.generate(params, cfg, prompt, 30, temperature=1.0, seed=1)
+    assert a != sampling.generate(params, cfg, prompt, 30, temperature=1.0, seed=2)
+    top3 = sampling.generate(params, cfg, prompt, 10, temperature=5.0, top_k=3, seed=0)
+    seq = list(prompt)
+    for t in top3:  # every sampled token is among the 3 most likely at its step
+        assert t in np.argsort(next_logits(seq))[-3:]
+        seq.append(t)
+
+    stop = greedy[4]  # stops right after emitting eos_id
+    assert sampling.generate(params, cfg, prompt, 12, eos_id=stop) == greedy[:greedy.index(stop) + 1]
+    assert sampling.generate(params, cfg, prompt, 0) == []
+    with pytest.raises(config.InputError, match="temperature"):
+        sampling.generate(params, cfg, prompt, 4, temperature=-1.0)
+
+
+def test_workdir_commands_refuse_bad_members(tmp_path):
+    work = tmp_path / "w"
+    with pytest.raises(config.InputError, match="no config.json"):
+        commands.export_workdir(work, tmp_path / "out", None)
+    cfg = config.base_config()
+    config.add_member(cfg, "only", hidden_size=64)
+    work.mkdir()
+    workdir_lib.write_config(cfg, work)
+    with pytest.raises(config.InputError, match="--member=nope is not a member"):
+        commands.export_workdir(work, tmp_path / "out", "nope")
+    with pytest.raises(config.InputError, match="holds no finished member"):
+        sampling.sample_workdir(work, None, "hi", 4, 0.0, 0, 0)
+    with pytest.raises(config.InputError, match="top_k"):
+        sampling.sample_workdir(work, "only", "hi", 4, 0.0, -1, 0)
+    with pytest.raises(config.InputError, match="holds no finished member"):  # the same selection as sample
+        commands.export_workdir(work, tmp_path / "out", None)
