@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import chex
 import jax
 
 from jaxgrow import expand, faults, train
@@ -24,7 +25,8 @@ def grow(cfg: Any, src_model: Any, dst_model: Any, params: Any, opt_state: Any |
     e = cfg.expansion
     kwargs = dict(src_cfg=src_model, dst_cfg=dst_model, method=e.method, depth=e.depth, depth_position=e.depth_position,
                   map_seed=cfg.seed)
-    target = jax.tree.map(lambda x: x.sharding, train.abstract_state(dst_model, optimizer, mesh))
+    abstract = train.abstract_state(dst_model, optimizer, mesh)
+    target = jax.tree.map(lambda x: x.sharding, abstract)
     with jax.set_mesh(mesh):
         new_params = jax.jit(functools.partial(expand.expand_params, noise=e.noise, **kwargs),
                              out_shardings=target.params)(params, key=key)
@@ -34,4 +36,7 @@ def grow(cfg: Any, src_model: Any, dst_model: Any, params: Any, opt_state: Any |
         else:
             new_opt = jax.jit(functools.partial(expand.expand_opt_state, **kwargs),
                               out_shardings=target.opt_state)(opt_state, params)
+    # The grown state must be exactly the target layout (tree, shapes, dtypes), or the first train
+    # step would retrace or mis-shard; checked on the abstract values, no device sync.
+    chex.assert_trees_all_equal_shapes_and_dtypes((new_params, new_opt), (abstract.params, abstract.opt_state))
     return new_params, new_opt

@@ -8,15 +8,24 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import atexit  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+# One XLA compilation cache for every CLI subprocess of the session: the many runs of the same tiny
+# family (kills, resumes, reruns) compile identical programs, and a cached executable is the very
+# same code, so bitwise comparisons between runs are unaffected. Removed when the session ends.
+XLA_CACHE = tempfile.mkdtemp(prefix="jaxgrow-test-xla-cache-")
+atexit.register(shutil.rmtree, XLA_CACHE, ignore_errors=True)
 
 
 def run_cli(*args: str, env: dict | None = None, check: bool = False, timeout: float = 600,
@@ -25,6 +34,8 @@ def run_cli(*args: str, env: dict | None = None, check: bool = False, timeout: f
     full_env = dict(os.environ)
     full_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     full_env["JAX_PLATFORMS"] = "cpu"
+    full_env.setdefault("JAX_COMPILATION_CACHE_DIR", XLA_CACHE)
+    full_env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     full_env.update(env or {})
     proc = subprocess.run([sys.executable, "-m", "jaxgrow.main", *args], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
