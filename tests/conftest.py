@@ -28,20 +28,33 @@ XLA_CACHE = tempfile.mkdtemp(prefix="jaxgrow-test-xla-cache-")
 atexit.register(shutil.rmtree, XLA_CACHE, ignore_errors=True)
 
 
-def run_cli(*args: str, env: dict | None = None, check: bool = False, timeout: float = 600,
-            devices: int = 1) -> subprocess.CompletedProcess:
-    """Runs `python -m jaxgrow.main ARGS` in a subprocess on `devices` forced CPU devices."""
+def _cli_env(env: dict | None, devices: int) -> dict:
     full_env = dict(os.environ)
     full_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     full_env["JAX_PLATFORMS"] = "cpu"
     full_env.setdefault("JAX_COMPILATION_CACHE_DIR", XLA_CACHE)
     full_env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     full_env.update(env or {})
-    proc = subprocess.run([sys.executable, "-m", "jaxgrow.main", *args], cwd=REPO, env=full_env,
+    return full_env
+
+
+def run_cli(*args: str, env: dict | None = None, check: bool = False, timeout: float = 600,
+            devices: int = 1) -> subprocess.CompletedProcess:
+    """Runs `python -m jaxgrow.main ARGS` in a subprocess on `devices` forced CPU devices."""
+    proc = subprocess.run([sys.executable, "-m", "jaxgrow.main", *args], cwd=REPO, env=_cli_env(env, devices),
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"jaxgrow {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
+
+
+def run_cli_many(arg_lists: list[tuple], parallel: int = 3, timeout: float = 600) -> list[subprocess.CompletedProcess]:
+    """run_cli for independent command lines, `parallel` at a time (each is mostly a single-threaded
+    Python start-up, so this shortens wall time on a few cores); results in input order."""
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    with ThreadPoolExecutor(parallel) as pool:
+        return list(pool.map(lambda args: run_cli(*args, timeout=timeout), arg_lists))
 
 
 # The tiny family at a fraction of its budget: shared by every test that needs trained members.

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import REPO
+from conftest import REPO, XLA_CACHE
 from jaxgrow import budgets, config, data, evaluate, expand, flops, model, train
 
 SRC = config.model_config(vocab_size=97, hidden_size=32, ffn_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -148,7 +148,8 @@ def test_reproduce_paper_on_family_tiny_writes_every_field(tmp_path):
            "--workdir", str(tmp_path), "--config.budget_scale=0.06", "--config.log.progress=False",
            "--config.log.eval_every_steps=5", "--task_items=40"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+                          env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+                               "JAX_COMPILATION_CACHE_DIR": XLA_CACHE, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     c = json.loads((tmp_path / "comparison.json").read_text())
     arms = {"progressive", "fixed_lr", "independent", "consistency"}

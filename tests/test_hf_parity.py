@@ -210,7 +210,8 @@ def _parse_samples(stdout: str, prompt: str) -> dict[str, str]:
 @pytest.mark.slow
 def test_family_export_all_and_greedy_sample_match_transformers(tiny_family, tmp_path):
     out = tmp_path / "hf"
-    proc = run_cli("export", "--workdir", str(tiny_family), "--all", "--out", str(out), check=True)
+    # no --member: every finished member, exactly as `sample` selects them
+    proc = run_cli("export", "--workdir", str(tiny_family), "--out", str(out), check=True)
     cfg, stages = workdir_lib.load_setup_for_eval(tiny_family)
     names = [s.name for s in stages]
     assert sorted(p.name for p in out.iterdir()) == sorted(names)

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_FAMILY_ARGS, run_cli
+from conftest import REPO, TINY_FAMILY_ARGS, run_cli, run_cli_many
 from jaxgrow import checkpoint
 from jaxgrow import workdir as workdir_lib
 
@@ -176,14 +176,15 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path):
     (tmp_path / "train.txt").write_text(("It is a truth universally acknowledged. " * 400))
     cases = _bad_inputs(tmp_path)
     assert len(cases) >= 12
-    for args, message in cases:
-        workdir = tmp_path / "w"
+    clis, workdirs = [], []
+    for i, (args, message) in enumerate(cases):
         if isinstance(args[1], Path):  # unwritable workdir case
-            cli = ("--config", args[0], "--workdir", str(args[1]), "--config.budget_scale=0.01")
-            workdir = args[1]
+            clis.append(("--config", args[0], "--workdir", str(args[1]), "--config.budget_scale=0.01"))
+            workdirs.append(args[1])
         else:
-            cli = (*args, "--workdir", str(workdir), "--config.budget_scale=0.01")
-        proc = run_cli(*cli)
+            workdirs.append(tmp_path / f"w{i}")
+            clis.append((*args, "--workdir", str(workdirs[-1]), "--config.budget_scale=0.01"))
+    for (args, message), workdir, proc in zip(cases, workdirs, run_cli_many(clis)):
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2, (args, proc.stderr[-1500:])
         assert "Traceback" not in proc.stderr, proc.stderr[-1500:]
