@@ -15,11 +15,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tokenizers import Tokenizer
 
 from jaxgrow import config as config_lib, model, sharding, workdir as workdir_lib
 from jaxgrow.config import InputError
 from jaxgrow.data import EOS
-from jaxgrow.hf import _as_tokenizer
 
 
 def _select_next(logits, key, temperature, greedy: bool, top_k: int):
@@ -108,7 +108,7 @@ def sample_workdir(workdir: Path, member: str | None, prompt: str, max_new_token
     tok_path = Path(workdir, "tokenizer.json")
     if not tok_path.is_file():
         raise InputError(f"--workdir={workdir} has no tokenizer.json; cannot encode --prompt")
-    tok = _as_tokenizer(tok_path)
+    tok = Tokenizer.from_file(str(tok_path))
     eos_id = tok.token_to_id(EOS)
     prompt_ids = tok.encode(prompt, add_special_tokens=False).ids if prompt else []
     if not prompt_ids:
