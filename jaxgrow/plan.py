@@ -35,10 +35,14 @@ def _memory(compiled) -> dict:
     return {k: int(getattr(m, k, 0)) for k in keys}
 
 
-def compile_train_step(cfg: Any, stage: StageBudget, mesh: jax.sharding.Mesh):
+def compile_train_step(cfg: Any, stage: StageBudget, mesh: jax.sharding.Mesh, prev: StageBudget | None = None):
     """AOT-compiled train step of one stage on abstract, sharded inputs: the very jitted step that
-    training runs (train.compile_stage), lowered without allocating any arrays."""
-    compiled = train.compile_stage(stage.model, cfg.optimizer, lr_schedule(cfg, stage), mesh)
+    training runs (train.compile_stage), lowered without allocating any arrays; with consistency
+    training, including the frozen teacher (`prev`) as the pipeline runs it."""
+    consistency = None
+    if prev is not None and cfg.mode == "progressive" and cfg.consistency.weight > 0:
+        consistency = train.Consistency(prev.model, cfg.consistency.weight, stage.teacher_active_steps)
+    compiled = train.compile_stage(stage.model, cfg.optimizer, lr_schedule(cfg, stage), mesh, consistency=consistency)
     return compiled.abstract, compiled.lower(cfg.data.batch_size, cfg.data.seq_len).compile()
 
 
@@ -67,7 +71,7 @@ def plan_rows(cfg: Any, compile_steps: bool = True) -> tuple[jax.sharding.Mesh, 
                "opt_bytes_per_device": _per_device_bytes(abstract.opt_state)}
         if compile_steps:
             t0 = time.perf_counter()
-            _, compiled = compile_train_step(cfg, s, mesh)
+            _, compiled = compile_train_step(cfg, s, mesh, stages[i - 1] if i > 0 else None)
             row["train_step_memory"] = _memory(compiled)
             row["train_step_compile_s"] = time.perf_counter() - t0
             if i > 0 and cfg.mode == "progressive":

@@ -191,7 +191,6 @@ def jit_train_step(step_fn: Callable, shardings: TrainState, mesh: jax.sharding.
                    donate_argnums=0)
 
 
-
 @dataclasses.dataclass
 class CompiledStage:
     """One stage's optimizer, abstract state and jitted steps: what training runs, what `plan`
@@ -206,6 +205,7 @@ class CompiledStage:
     train_step: Callable       # jitted (state, batch[, teacher_params]) -> (state, metrics), donates state
     eval_step: Callable        # jitted (params, batch) -> (summed NLL, token count)
     teacher_shardings: Any = None
+    teacher_cfg: Any = None
 
     def batch_spec(self, batch_size: int, seq_len: int) -> jax.ShapeDtypeStruct:
         return jax.ShapeDtypeStruct((batch_size, seq_len + 1), jnp.int32, sharding=sharding.batch_sharding(self.mesh))
@@ -214,8 +214,10 @@ class CompiledStage:
         """The train step lowered on abstract inputs (no arrays allocated); `.compile()` it for AOT
         memory analysis."""
         args = (self.abstract, self.batch_spec(batch_size, seq_len))
-        if self.teacher_shardings is not None:
-            raise NotImplementedError("lowering with a consistency teacher is not needed by any caller")
+        if self.teacher_cfg is not None:
+            shapes = jax.eval_shape(lambda k: model.init_params(self.teacher_cfg, k), jax.random.key(0))
+            args += (jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+                                  self.teacher_shardings),)
         with jax.set_mesh(self.mesh):
             return self.train_step.lower(*args)
 
@@ -236,7 +238,9 @@ def compile_stage(model_cfg: Any, opt_cfg: Any, schedule: Callable, mesh: jax.sh
     teacher_shardings = sharding.param_shardings(consistency.teacher_cfg, mesh) if consistency else None
     return CompiledStage(model_cfg=model_cfg, optimizer=optimizer, abstract=abstract, shardings=shardings, mesh=mesh,
                          train_step=jit_train_step(step_fn, shardings, mesh, teacher_shardings),
-                         eval_step=jax.jit(make_eval_step(model_cfg)), teacher_shardings=teacher_shardings)
+                         eval_step=jax.jit(make_eval_step(model_cfg)), teacher_shardings=teacher_shardings,
+                         teacher_cfg=consistency.teacher_cfg if consistency else None)
+
 
 def evaluate_loss(eval_step: Callable, params: Any, batches: list[jax.Array]) -> float:
     """Mean token NLL over the fixed held-out batches."""
