@@ -104,9 +104,12 @@ def test_rerun_after_a_kill_between_stages_does_not_redo_finished_members(tiny_f
     assert [m["eval_loss"] for m in after["members"]] == [m["eval_loss"] for m in before["members"]]
 
 
-def test_a_relative_workdir_works(tmp_path):
+def test_a_relative_workdir_works(tiny_family, tmp_path):
     relative = os.path.relpath(tmp_path / "rel", REPO)
     assert not os.path.isabs(relative)
-    run_cli("--config", "configs/tiny.py", "--config.budget_scale=0.01", "--config.log.progress=False",
-            "--workdir", relative, check=True)
-    assert (tmp_path / "rel" / "members" / "model").is_dir() and (tmp_path / "rel" / "report.json").exists()
+    # the tiny family's own command line (its programs are in the session's compilation cache)
+    run_cli(*TINY_FAMILY_ARGS, "--workdir", relative, check=True)
+    assert (tmp_path / "rel" / "members" / "large").is_dir() and (tmp_path / "rel" / "report.json").exists()
+    got = json.loads((tmp_path / "rel" / "report.json").read_text())
+    want = json.loads((tiny_family / "report.json").read_text())
+    assert [m["eval_loss"] for m in got["members"]] == [m["eval_loss"] for m in want["members"]]
