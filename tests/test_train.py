@@ -95,7 +95,8 @@ def test_save_restore_next_step_is_bitwise_identical(tiny, tmp_path):
         state, _ = step(state, b[0])
         state, _ = step(state, b[1])
         ckpts = checkpoint.Checkpoints(tmp_path / "ck", keep=2)
-        ckpts.save(2, state.params, state.opt_state, {"data_state": {"next_index": 2}})
+        ckpts.save(2, state.params, state.opt_state, checkpoint.Meta(
+            stage=0, member="model", mode="progressive", model=c.model.to_dict(), data_state={"next_index": 2}))
         ckpts.wait()
         uninterrupted, _ = step(state, b[2])
         expected = jax.device_get(uninterrupted)
