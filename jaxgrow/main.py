@@ -32,7 +32,7 @@ from jaxgrow import logs
 from jaxgrow.config import InputError
 
 FLAGS = flags.FLAGS
-_ABSL_FLAGS = set(FLAGS)  # flags defined by absl itself (logging etc.), not by jaxgrow
+_BEFORE = set(FLAGS)  # flags defined before ours (absl's logging flags etc.)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config: a Python file with get_config(); "
                                           "override keys with --config.a.b=value.", lock_config=True)
@@ -49,6 +49,8 @@ flags.DEFINE_float("temperature", 0.0, "Sampling temperature (0 = greedy).")
 flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = all).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("devices", 0, "Forced host (CPU) devices to plan on (0: the mesh's product, else 8).")
+# Every flag defined above (a new one goes above this line and into COMMAND_FLAGS below).
+JAXGROW_FLAGS = frozenset(name for name in set(FLAGS) - _BEFORE if "." not in name)
 
 # The one table of which flag applies to which subcommand (help, and the "does not apply" check).
 COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
@@ -85,7 +87,7 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def _jaxgrow_flags() -> set[str]:
-    return {name for name in FLAGS if name not in _ABSL_FLAGS and "." not in name}
+    return set(JAXGROW_FLAGS)
 
 
 def _flag_line(name: str) -> str:
