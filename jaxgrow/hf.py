@@ -198,7 +198,11 @@ def from_hf_tensors(tensors: dict[str, np.ndarray], model_cfg: Any, source: str 
 # Config mapping
 
 
-def hf_config(model_cfg: Any, eos_id: int | None = None, max_position_embeddings: int = DEFAULT_MAX_POSITIONS) -> dict:
+EXPORT_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
+
+
+def hf_config(model_cfg: Any, eos_id: int | None = None, max_position_embeddings: int = DEFAULT_MAX_POSITIONS,
+              dtype: str = "float32") -> dict:
     """The config.json of an HF `LlamaForCausalLM` equivalent to our model config."""
     m = model_cfg
     theta = float(m.rope_theta)
@@ -228,8 +232,8 @@ def hf_config(model_cfg: Any, eos_id: int | None = None, max_position_embeddings
         "bos_token_id": eos_id,
         "eos_token_id": eos_id,
         "pad_token_id": None,
-        "torch_dtype": "float32",
-        "dtype": "float32",
+        "torch_dtype": dtype,
+        "dtype": dtype,
     }
 
 
@@ -425,14 +429,24 @@ def write_tokenizer(tokenizer: Any, out_dir: Path, model_max_length: int) -> Non
 
 def save_pretrained(params: dict, model_cfg: Any, out_dir: str | Path, tokenizer: Any = None,
                     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-                    max_position_embeddings: int = DEFAULT_MAX_POSITIONS) -> Path:
+                    max_position_embeddings: int | None = None, dtype: str = "float32") -> Path:
     """Writes `out_dir` as an HF LlamaForCausalLM checkpoint loadable by `from_pretrained(out_dir)`.
 
     params: our layout (jax or numpy arrays; gathered to host as float32). tokenizer: a
     `tokenizers.Tokenizer` or a tokenizer.json path; its <|endoftext|> id becomes bos/eos.
     max_shard_bytes: weights larger than this are split into shards plus an index file.
-    max_position_embeddings: written to config.json and as the tokenizer's model_max_length.
+    max_position_embeddings: written to config.json and as the tokenizer's model_max_length
+    (default: the model's RoPE-usable context, inference.rope_context).
+    dtype: "float32" (exact) or "bfloat16" (weights rounded to nearest; half the bytes).
     """
+    from jaxgrow import inference  # noqa: PLC0415
+
+    if dtype not in EXPORT_DTYPES:
+        raise HFError(f"--export_dtype={dtype} is not supported; choose one of {', '.join(EXPORT_DTYPES)}")
+    if max_position_embeddings is None:
+        max_position_embeddings = inference.rope_context(model_cfg)
+    if int(max_position_embeddings) < 1:
+        raise HFError(f"--max_position_embeddings={max_position_embeddings} must be >= 1")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise HFError(f"--out={out_dir} exists and is not a directory")
@@ -442,8 +456,9 @@ def save_pretrained(params: dict, model_cfg: Any, out_dir: str | Path, tokenizer
     tok = _as_tokenizer(tokenizer)
     eos_id = tok.token_to_id(EOS) if tok is not None else None
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_safetensors(to_hf_tensors(params, model_cfg), out_dir, max_shard_bytes)
-    _write_json(out_dir / "config.json", hf_config(model_cfg, eos_id, max_position_embeddings))
+    tensors = {k: v.astype(EXPORT_DTYPES[dtype]) for k, v in to_hf_tensors(params, model_cfg).items()}
+    write_safetensors(tensors, out_dir, max_shard_bytes)
+    _write_json(out_dir / "config.json", hf_config(model_cfg, eos_id, max_position_embeddings, dtype))
     _write_json(out_dir / "generation_config.json", {"bos_token_id": eos_id, "eos_token_id": eos_id})
     if tok is not None:
         write_tokenizer(tok, out_dir, max_position_embeddings)
@@ -509,23 +524,18 @@ def _bucket(n: int) -> int:
 
 
 def generate(params: dict, model_cfg: Any, prompt_ids: list[int], max_new_tokens: int, temperature: float = 0.0,
-             top_k: int = 0, seed: int = 0, eos_id: int | None = None) -> list[int]:
+             top_k: int = 0, seed: int = 0, eos_id: int | None = None, top_p: float = 1.0) -> list[int]:
     """New token ids continuing `prompt_ids` (non-empty): greedy at temperature 0, else sampled
-    from softmax(logits / temperature) restricted to the top_k tokens (0 = all). Stops after
-    max_new_tokens or right after emitting eos_id (included) when given."""
+    from softmax(logits / temperature) restricted to the top_k tokens (0 = all) and the top_p
+    nucleus (1 = all). Stops after max_new_tokens or right after emitting eos_id (included) when
+    given. Prefill + KV-cache decoding (jaxgrow.inference); `_decode` above is the former
+    full-recompute decoder, kept as the reference the cache must reproduce."""
+    from jaxgrow import inference  # noqa: PLC0415
+
     _check_sampling_args(max_new_tokens, temperature, top_k)
     if not prompt_ids:
         raise InputError("generate: prompt_ids is empty (give at least one token, e.g. the <|endoftext|> id)")
-    if max_new_tokens == 0:
-        return []
-    buf = np.zeros(_bucket(len(prompt_ids) + max_new_tokens), np.int32)
-    buf[:len(prompt_ids)] = prompt_ids
-    frozen = ml_collections.FrozenConfigDict(model_cfg)
-    out, n = _decode(params, frozen, jnp.asarray(buf), jnp.int32(len(prompt_ids)), jnp.int32(max_new_tokens),
-                     jnp.int32(-1 if eos_id is None else eos_id), jax.random.key(seed),
-                     jnp.float32(max(temperature, 1e-6)), greedy=temperature == 0, top_k=int(top_k))
-    out, n = jax.device_get((out, n))
-    return [int(t) for t in out[len(prompt_ids): len(prompt_ids) + int(n)]]
+    return inference.generate(params, model_cfg, prompt_ids, max_new_tokens, temperature, top_k, seed, eos_id, top_p)
 
 
 def _check_sampling_args(max_new_tokens: int, temperature: float, top_k: int) -> None:
@@ -585,10 +595,16 @@ def _check_out_dir(out: Path) -> None:
         raise HFError(f"--out={out} is not writable ({probe} is not a writable directory)")
 
 
-def export_workdir(workdir: Path, out: Path, member: str | None) -> list[Path]:
+def export_workdir(workdir: Path, out: Path, member: str | None, max_position_embeddings: int | None = None,
+                   dtype: str = "float32") -> list[Path]:
     """Exports one member to `out`, or (member=None) every finished member to out/<name>/.
-    The run's tokenizer.json and data.seq_len (as max_position_embeddings) go along."""
-    cfg, stages = _finished_stages(workdir, member)
+    The run's tokenizer.json goes along; max_position_embeddings defaults to each member's
+    RoPE-usable context (not data.seq_len); dtype: float32 or bfloat16."""
+    if dtype not in EXPORT_DTYPES:
+        raise HFError(f"--export_dtype={dtype} is not supported; choose one of {', '.join(EXPORT_DTYPES)}")
+    if max_position_embeddings is not None and max_position_embeddings < 1:
+        raise HFError(f"--max_position_embeddings={max_position_embeddings} must be >= 1 (0 = the RoPE-usable context)")
+    _, stages = _finished_stages(workdir, member)
     _check_out_dir(out)
     tok_path = Path(workdir, "tokenizer.json")
     tokenizer = tok_path if tok_path.is_file() else None
@@ -599,7 +615,7 @@ def export_workdir(workdir: Path, out: Path, member: str | None) -> list[Path]:
         params = jax.device_get(family.member_params(workdir, stage))
         dest = out if member is not None else out / stage.name
         written.append(save_pretrained(params, stage.model, dest, tokenizer,
-                                       max_position_embeddings=int(cfg.data.seq_len)))
+                                       max_position_embeddings=max_position_embeddings, dtype=dtype))
     return written
 
 
@@ -652,11 +668,13 @@ def _warn_tokenizer_mismatch(tokenizer: Path, model_cfg: Any) -> None:
 
 
 def sample_workdir(workdir: Path, member: str | None, prompt: str, max_new_tokens: int, temperature: float,
-                   top_k: int, seed: int) -> dict[str, str]:
+                   top_k: int, seed: int, top_p: float = 1.0) -> dict[str, str]:
     """Continuation text of `prompt` per member (member=None: every finished member), decoded with
     the run's tokenizer; stops at max_new_tokens or <|endoftext|> (not included). An empty prompt
     starts from <|endoftext|>, the document separator the models were trained with."""
     _check_sampling_args(max_new_tokens, temperature, top_k)
+    if not 0 < top_p <= 1:
+        raise InputError(f"--top_p={top_p} must be in (0, 1] (1 = all tokens)")
     _, stages = _finished_stages(workdir, member)
     tok_path = Path(workdir, "tokenizer.json")
     if not tok_path.is_file():
@@ -672,7 +690,7 @@ def sample_workdir(workdir: Path, member: str | None, prompt: str, max_new_token
     results = {}
     for stage in stages:
         params = family.member_params(workdir, stage, mesh)
-        new = generate(params, stage.model, prompt_ids, max_new_tokens, temperature, top_k, seed, eos_id)
+        new = generate(params, stage.model, prompt_ids, max_new_tokens, temperature, top_k, seed, eos_id, top_p)
         if new and new[-1] == eos_id:
             new = new[:-1]
         results[stage.name] = _continuation_text(tok, prompt_ids, new)

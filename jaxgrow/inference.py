@@ -502,3 +502,129 @@ def draft_acceptance(draft_params: dict, draft_cfg: Any, target_params: dict, ta
         out[f"tokens_per_target_call_temperature_{t:g}"] = r.tokens_per_target_call
     out.update(gamma=int(gamma), prompts=len(prompts), new_tokens=int(max_new_tokens))
     return out
+
+
+ACCEPTANCE_PROMPTS = 8       # held-out prompts per adjacent pair
+ACCEPTANCE_PROMPT_LEN = 32   # tokens of held-out text per prompt
+ACCEPTANCE_NEW_TOKENS = 32   # tokens generated per prompt
+
+
+def family_acceptance(params: Sequence[dict], model_cfgs: Sequence[Any], batches: Sequence[Any],
+                      gamma: int = DEFAULT_GAMMA) -> list[dict | None]:
+    """Per member i: member i drafting for member i+1 on held-out prompts (None for the last, or
+    when the held-out batches are not addressable from this process)."""
+    if not batches or not all(getattr(b, "is_fully_addressable", True) for b in batches):
+        return [None] * len(params)
+    prompts = held_out_prompts(batches, ACCEPTANCE_PROMPTS, ACCEPTANCE_PROMPT_LEN)
+    out: list[dict | None] = []
+    for i in range(len(params)):
+        if i + 1 == len(params):
+            out.append(None)
+            continue
+        out.append(draft_acceptance(params[i], model_cfgs[i], params[i + 1], model_cfgs[i + 1], prompts,
+                                    ACCEPTANCE_NEW_TOKENS, gamma))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Workdir commands (called by jaxgrow.main)
+
+
+def _member_stage(workdir, name: str, flag: str):
+    from jaxgrow import checkpoint, family  # noqa: PLC0415
+
+    _, stages = family.load_setup_for_eval(workdir)
+    by_name = {s.name: s for s in stages}
+    if name not in by_name:
+        raise InputError(f"{flag}={name} is not a member of {workdir}; members: {', '.join(by_name)}")
+    if not checkpoint.has_checkpoint(family.member_dir(workdir, name)):
+        raise InputError(f"{flag}={name}: {family.member_dir(workdir, name)} holds no checkpoint; train first")
+    return by_name[name]
+
+
+def _tokenizer(workdir, flag: str):
+    from pathlib import Path  # noqa: PLC0415
+
+    from tokenizers import Tokenizer  # noqa: PLC0415
+
+    path = Path(workdir, "tokenizer.json")
+    if not path.is_file():
+        raise InputError(f"{flag}={workdir} has no tokenizer.json; cannot encode --prompt")
+    return Tokenizer.from_file(str(path))
+
+
+def sample_speculative_workdir(workdir, member: str, draft: str, draft_workdir, prompt: str, max_new_tokens: int,
+                               temperature: float, top_k: int, top_p: float, seed: int,
+                               gamma: int = DEFAULT_GAMMA) -> dict:
+    """`sample --member M --draft D`: M's continuation of `prompt`, drafted by D (of `draft_workdir`,
+    default `workdir`), plus acceptance rate, tokens per target call and the wall-time speedup over
+    M decoding alone (both timed after a warm-up run, same prompt and settings)."""
+    from jaxgrow import family, hf  # noqa: PLC0415
+    from jaxgrow.data import EOS  # noqa: PLC0415
+
+    check_sampling_args(max_new_tokens, temperature, top_k, top_p)
+    check_gamma(gamma)
+    draft_workdir = draft_workdir or workdir
+    target_stage = _member_stage(workdir, member, "--member")
+    draft_stage = _member_stage(draft_workdir, draft, "--draft")
+    tok = _tokenizer(workdir, "--workdir")
+    if draft_workdir != workdir and _tokenizer(draft_workdir, "--draft_workdir").get_vocab() != tok.get_vocab():
+        raise InputError(f"--draft_workdir={draft_workdir}: its tokenizer differs from --workdir's; the draft must "
+                         "share the target's tokenizer")
+    check_draft(target_stage.model, draft_stage.model, f"--member={member}", f"--draft={draft}")
+    eos_id = tok.token_to_id(EOS)
+    prompt_ids = tok.encode(prompt, add_special_tokens=False).ids if prompt else []
+    if not prompt_ids:
+        if eos_id is None:
+            raise InputError(f"--prompt is empty and the tokenizer has no {EOS} token to start from")
+        prompt_ids = [eos_id]
+    check_prompt(prompt_ids, target_stage.model, max_new_tokens + gamma + 1)
+    mesh = hf._single_device_mesh()
+    target_params = family.member_params(workdir, target_stage, mesh)
+    draft_params = family.member_params(draft_workdir, draft_stage, mesh)
+    alone, t_alone = timed(generate, target_params, target_stage.model, prompt_ids, max_new_tokens, temperature,
+                           top_k, seed, eos_id, top_p)
+    spec, t_spec = timed(speculative_generate, target_params, target_stage.model, draft_params, draft_stage.model,
+                         prompt_ids, max_new_tokens, gamma, temperature, top_k, top_p, seed, eos_id)
+    new = spec.tokens[0]
+    if new and new[-1] == eos_id:
+        new = new[:-1]
+    return {"text": hf._continuation_text(tok, prompt_ids, new), "tokens": spec.tokens[0],
+            "target_alone_tokens": alone, "acceptance_rate": spec.acceptance_rate,
+            "tokens_per_target_call": spec.tokens_per_target_call, "target_seconds": t_alone,
+            "speculative_seconds": t_spec, "speedup": t_alone / t_spec}
+
+
+def evaluate_speculative(workdir, gamma: int = DEFAULT_GAMMA) -> dict[str, dict]:
+    """`evaluate --speculative`: each finished member's acceptance rate drafting for the next finished
+    member on held-out prompts, at temperature 0 and 1; merged into W/eval.json under
+    members[name].draft_acceptance. Returns {name: draft_acceptance}."""
+    import json  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from jaxgrow import checkpoint, data, family, sharding  # noqa: PLC0415
+
+    check_gamma(gamma)
+    cfg, stages = family.load_setup_for_eval(workdir)
+    done = [s for s in stages if checkpoint.has_checkpoint(family.member_dir(workdir, s.name))]
+    if not done:
+        raise InputError(f"--workdir={workdir} holds no finished member; train the family first")
+    corpus = data.prepare(cfg.data, cfg.model.vocab_size, workdir)
+    host = data.eval_batches(corpus.eval, cfg.data.seq_len, cfg.data.batch_size, cfg.data.eval_batches)
+    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1, "dcn_data": 1}))
+    params = [family.member_params(workdir, s, mesh) for s in done]
+    with jax.set_mesh(mesh):
+        rates = family_acceptance(params, [s.model for s in done], host, gamma)
+    result = {}
+    for s, nxt, rate in zip(done, done[1:], rates):
+        result[s.name] = {"target": nxt.name, **rate}
+    if jax.process_index() == 0:
+        path = Path(workdir, "eval.json")
+        existing = json.loads(path.read_text()) if path.exists() else {"members": {}}
+        for name, rate in result.items():
+            existing["members"].setdefault(name, {})["draft_acceptance"] = rate
+        tmp = Path(str(path) + ".tmp")
+        tmp.write_text(json.dumps(existing, indent=2))
+        os.replace(tmp, path)
+    return result

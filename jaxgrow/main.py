@@ -43,6 +43,13 @@ flags.DEFINE_integer("max_new_tokens", 40, "sample: tokens to generate.")
 flags.DEFINE_float("temperature", 0.0, "sample: 0 = greedy.")
 flags.DEFINE_integer("top_k", 0, "sample: keep the k most likely tokens (0 = all).")
 flags.DEFINE_integer("seed", 0, "sample: sampling seed.")
+flags.DEFINE_float("top_p", 1.0, "sample: keep the smallest set of tokens whose probability reaches top_p (1 = all).")
+flags.DEFINE_string("draft", None, "sample: speculative decoding with this (smaller) member drafting for --member.")
+flags.DEFINE_string("draft_workdir", None, "sample: workdir holding --draft (default: --workdir).")
+flags.DEFINE_integer("gamma", 4, "sample/evaluate --speculative: draft tokens proposed per target call.")
+flags.DEFINE_bool("speculative", False, "evaluate: also measure each adjacent pair's draft acceptance rate.")
+flags.DEFINE_integer("max_position_embeddings", 0, "export: config.json value (0 = the model's RoPE-usable context).")
+flags.DEFINE_enum("export_dtype", "float32", ["float32", "bfloat16"], "export: weight dtype.")
 flags.DEFINE_integer("devices", 0, "plan: forced host (CPU) devices to plan on (0: the mesh's product, else 8).")
 FLAGS = flags.FLAGS
 
@@ -179,10 +186,21 @@ def cmd_evaluate(rest: list[str]) -> int:
     from jaxgrow import commands  # noqa: PLC0415
 
     files = [f for f in FLAGS.tasks + rest if f]
+    if FLAGS.speculative:
+        from jaxgrow import inference  # noqa: PLC0415
+
+        inference.check_gamma(FLAGS.gamma)
     result = commands.evaluate_members(_workdir(), files)
+    if FLAGS.speculative:
+        for name, acc in inference.evaluate_speculative(_workdir(), FLAGS.gamma).items():
+            result["members"][name]["draft_acceptance"] = acc
     for name, r in result["members"].items():
         tasks = ", ".join(f"{t}: {v['acc_norm']:.3f}" for t, v in r["tasks"].items())
         print(f"{name}: eval_loss {r['eval_loss']:.4f}" + (f"; {tasks}" if tasks else ""))
+        if r.get("draft_acceptance"):
+            a = r["draft_acceptance"]
+            print(f"{name}: drafting for {a['target']}: acceptance {a['temperature_0']:.3f} at temperature 0, "
+                  f"{a['temperature_1']:.3f} at temperature 1 (gamma {a['gamma']})")
     print(f"jaxgrow: wrote {_workdir() / 'eval.json'}")
     return 0
 
@@ -194,7 +212,8 @@ def cmd_export() -> int:
         raise UsageError("--out is required")
     if not FLAGS.all and not FLAGS.member:
         raise UsageError("give --member NAME or --all")
-    written = hf.export_workdir(_workdir(), Path(FLAGS.out).expanduser(), None if FLAGS.all else FLAGS.member)
+    written = hf.export_workdir(_workdir(), Path(FLAGS.out).expanduser(), None if FLAGS.all else FLAGS.member,
+                                FLAGS.max_position_embeddings or None, FLAGS.export_dtype)
     for path in written:
         print(f"jaxgrow: exported {path}")
     return 0
@@ -213,10 +232,28 @@ def cmd_import() -> int:
 def cmd_sample() -> int:
     from jaxgrow import hf  # noqa: PLC0415
 
+    if FLAGS.draft is not None:
+        return cmd_sample_speculative()
     results = hf.sample_workdir(_workdir(), None if FLAGS.all else FLAGS.member, FLAGS.prompt,
-                                FLAGS.max_new_tokens, FLAGS.temperature, FLAGS.top_k, FLAGS.seed)
+                                FLAGS.max_new_tokens, FLAGS.temperature, FLAGS.top_k, FLAGS.seed, FLAGS.top_p)
     for name, text in results.items():
         print(f"=== {name} ===\n{FLAGS.prompt}{text}\n")
+    return 0
+
+
+def cmd_sample_speculative() -> int:
+    from jaxgrow import inference  # noqa: PLC0415
+
+    if FLAGS.all or not FLAGS.member:
+        raise UsageError("--draft needs --member NAME (the target model), not --all")
+    draft_workdir = Path(FLAGS.draft_workdir).expanduser().absolute() if FLAGS.draft_workdir else None
+    r = inference.sample_speculative_workdir(_workdir(), FLAGS.member, FLAGS.draft, draft_workdir, FLAGS.prompt,
+                                             FLAGS.max_new_tokens, FLAGS.temperature, FLAGS.top_k, FLAGS.top_p,
+                                             FLAGS.seed, FLAGS.gamma)
+    print(f"=== {FLAGS.member} (draft {FLAGS.draft}, gamma {FLAGS.gamma}) ===\n{FLAGS.prompt}{r['text']}\n")
+    print(f"acceptance rate {r['acceptance_rate']:.3f}, {r['tokens_per_target_call']:.2f} tokens per target call, "
+          f"speedup over {FLAGS.member} alone {r['speedup']:.2f}x ({r['target_seconds']:.3f}s alone, "
+          f"{r['speculative_seconds']:.3f}s speculative; each timed after a warm-up run)")
     return 0
 
 
