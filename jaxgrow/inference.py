@@ -628,3 +628,12 @@ def evaluate_speculative(workdir, gamma: int = DEFAULT_GAMMA) -> dict[str, dict]
         tmp.write_text(json.dumps(existing, indent=2))
         os.replace(tmp, path)
     return result
+
+
+def mean_draft_acceptance(report_members: Sequence[dict]) -> dict | None:
+    """{'temperature_0', 'temperature_1'}: mean over adjacent pairs of report.json's draft_acceptance
+    (None when the report has none, e.g. written before acceptance was measured)."""
+    rates = [m["draft_acceptance"] for m in report_members if m.get("draft_acceptance")]
+    if not rates:
+        return None
+    return {k: float(np.mean([r[k] for r in rates])) for k in ("temperature_0", "temperature_1")}
