@@ -43,10 +43,11 @@ other than silu, rope scaling / non-default rope types / partial rotary, quantiz
 checkpoints, and missing, extra or misshapen tensors. BF16/F16 weights are upcast to float32 (exact).
 An imported workdir is a one-member run whose member is named "model".
 
-Sampling (`generate`) decodes inside one jitted while_loop over a fixed-size token buffer (the
-prompt plus max_new_tokens, rounded up to a multiple of 64), recomputing the causal forward each
-step: padding after the cursor cannot influence it, and nothing recompiles per token. No KV cache:
-correctness over speed, for small models.
+Sampling (`generate`) delegates to jaxgrow.inference (prefill + KV cache). `_decode` is the former
+decoder, kept as the reference: one jitted while_loop over a fixed-size token buffer (the prompt
+plus max_new_tokens, rounded up to a multiple of 64), recomputing the causal forward each step.
+Export writes max_position_embeddings = the model's RoPE-usable context unless given, in float32
+or bfloat16 (`dtype=`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@
     python -m jaxgrow.main evaluate --workdir W --tasks FILE.jsonl [FILE.jsonl ...]
     python -m jaxgrow.main export --workdir W (--member NAME | --all) --out DIR
     python -m jaxgrow.main import --hf DIR --workdir W
-    python -m jaxgrow.main sample --workdir W [--member NAME | --all] --prompt "..."
+    python -m jaxgrow.main sample --workdir W [--member NAME | --all] --prompt "..." [--top_p P]
+    python -m jaxgrow.main sample --workdir W --member LARGE --draft SMALL [--gamma 4] --prompt "..."
 
 Bad input exits with code 2 and one line naming the field or file; nothing is written then.
 """
