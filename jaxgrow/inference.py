@@ -434,7 +434,8 @@ def speculative_batch(target_params: dict, target_cfg: Any, draft_params: dict, 
     check_gamma(gamma)
     check_draft(target_cfg, draft_cfg)
     for i, p in enumerate(prompts):
-        check_prompt(p, target_cfg, max_new_tokens + gamma + 1, f"prompts[{i}]" if len(prompts) > 1 else "--prompt")
+        for cfg in (target_cfg, draft_cfg):  # both models must hold prompt + new tokens + one round of drafts
+            check_prompt(p, cfg, max_new_tokens + gamma + 1, f"prompts[{i}]" if len(prompts) > 1 else "--prompt")
     if max_new_tokens == 0 or not prompts:
         return SpeculativeResult([[] for _ in prompts], 0, 0, 0, 0)
     tokens, pad = _left_pad(prompts)

@@ -16,7 +16,7 @@ import pytest
 from conftest import run_cli
 from safetensors.numpy import load_file, save_file
 
-from jaxgrow import checkpoint, config, data, family, hf, layout, model
+from jaxgrow import checkpoint, config, data, family, hf, inference, layout, model
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -304,9 +304,9 @@ def test_generate_is_one_compilation_and_samples_sensibly():
     params = jax.device_put(random_params(cfg))
     prompt = [1, 2, 3]
     greedy = hf.generate(params, cfg, prompt, 12)
-    before = hf._decode._cache_size()
+    before = inference._decode._cache_size()  # hf.generate decodes with jaxgrow.inference
     assert hf.generate(params, cfg, prompt + [4, 5], 12) is not None  # same buffer bucket: no recompile
-    assert hf._decode._cache_size() == before
+    assert inference._decode._cache_size() == before
 
     def next_logits(seq):  # reference: the forward over a zero-padded row (one shape, one compilation)
         row = np.zeros((1, 32), np.int32)
