@@ -272,13 +272,13 @@ def test_sample_draft_cli_and_bad_input(tmp_path):
                                                        "--gamma", "0"))
     assert "--top_p=1.5 must be in (0, 1]" in _error(run_cli(*base, "--top_p", "1.5"))
     long_prompt = ("sample", "--workdir", str(target), "--member", "model", "--prompt", TEXT * 6)
-    assert "longer than the model's context of 256" in _error(run_cli(*long_prompt))
+    assert "longer than the model's context of 128" in _error(run_cli(*long_prompt))
 
     exported = run_cli("export", "--workdir", str(target), "--member", "model", "--out", str(tmp_path / "bf16"),
                        "--export_dtype", "bfloat16", check=True)
     assert exported.returncode == 0
     hf_cfg = json.loads((tmp_path / "bf16" / "config.json").read_text())
-    assert hf_cfg["torch_dtype"] == "bfloat16" and hf_cfg["max_position_embeddings"] == 256
+    assert hf_cfg["torch_dtype"] == "bfloat16" and hf_cfg["max_position_embeddings"] == 128
     params, _ = hf.load_params(tmp_path / "bf16")
     bits = np.asarray(params["layers"]["mlp"]["up_proj"], np.float32).view(np.uint32)
     assert np.all(bits & 0xFFFF == 0)  # bfloat16 values, upcast exactly
