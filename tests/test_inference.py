@@ -108,9 +108,12 @@ def test_generate_on_sharded_params(devices8):
     sharded = jax.device_put(params, sharding.param_shardings(cfg, mesh))
     assert not sharded["layers"]["mlp"]["up_proj"].sharding.is_fully_replicated
     prompts = [[5, 4, 3], [1, 2, 3, 4, 5, 6, 7]]
+    draft_cfg, draft = make(SMALL, seed=7)
     with jax.set_mesh(mesh):
         got = inference.generate_batch(sharded, cfg, prompts, 16)
-    assert got == inference.generate_batch(params, cfg, prompts, 16)
+        spec = inference.speculative_batch(sharded, cfg, jax.device_put(draft, sharding.param_shardings(draft_cfg, mesh)),
+                                           draft_cfg, prompts, 16, gamma=3)
+    assert got == inference.generate_batch(params, cfg, prompts, 16) == spec.tokens
 
 
 # ----------------------------------------------------------------------------------------------
