@@ -134,6 +134,8 @@ def test_speculative_greedy_equals_target_greedy():
     stop = alone[0][9]  # eos is a traced argument: same compilation as gamma=4 above
     r = inference.speculative_batch(target, target_cfg, draft, draft_cfg, prompts, 30, gamma=4, eos_id=stop)
     assert r.tokens[0] == alone[0][:alone[0].index(stop) + 1]
+    one = inference.speculative_generate(target, target_cfg, draft, draft_cfg, prompts[1], 30, gamma=4)  # unbatched
+    assert one.tokens[0] == alone[1]
     # the target drafting for itself: every draft token is accepted, gamma + 1 tokens per target call
     r = inference.speculative_batch(target, target_cfg, target, target_cfg, prompts, 30, gamma=4)
     assert r.tokens == alone and r.acceptance_rate == 1.0 and r.tokens_per_target_call == 5.0
