@@ -87,6 +87,8 @@ def write_tasks(cfg, path: Path) -> None:
 
 
 def compare(results: dict) -> dict:
+    from jaxgrow import inference  # noqa: PLC0415
+
     arms = list(results)
     names = [m["name"] for m in results[arms[0]]["report"]["members"]]
     total = {a: r["report"]["total_train_flops"] for a, r in results.items()}
@@ -108,6 +110,7 @@ def compare(results: dict) -> dict:
         "members": members,
         "mean_adjacent_kl": kl,
         "mean_adjacent_kl_symmetric": kl_sym,
+        "mean_draft_acceptance": {a: inference.mean_draft_acceptance(r["report"]["members"]) for a, r in results.items()},
         "total_train_flops": total,
         "kl_definition": "mean over adjacent pairs (k, k+1) of per-token KL(p_k || p_k+1) on the held-out batches, nats",
         "task": "acc_norm on a 4-way 'which continuation follows this passage' task from the held-out text",
@@ -117,13 +120,14 @@ def compare(results: dict) -> dict:
 def markdown(c: dict) -> str:
     arms = list(c["total_train_flops"])
     out = ["# Reproduction: progressive vs independent family", "",
-           "| arm | total train FLOPs | FLOPs saved vs independent | mean adjacent KL | mean eval loss |",
-           "|---|---:|---:|---:|---:|"]
+           "| arm | total train FLOPs | FLOPs saved vs independent | mean adjacent KL | mean eval loss "
+           "| mean draft acceptance (T=0 / T=1) |",
+           "|---|---:|---:|---:|---:|---:|"]
     for a in arms:
         saved = c["flops_saved_fraction"][a]
         mean_loss = np.mean([m["eval_loss"][a] for m in c["members"]])
         out.append(f"| {a} | {c['total_train_flops'][a]:.4g} | {'—' if saved is None else f'{100 * saved:.1f}%'} | "
-                   f"{c['mean_adjacent_kl'][a]:.4f} | {mean_loss:.4f} |")
+                   f"{c['mean_adjacent_kl'][a]:.4f} | {mean_loss:.4f} | {_acceptance(c, a)} |")
     out += ["", "Held-out loss per member (nats/token):", "",
             "| member | " + " | ".join(arms) + " |", "|---|" + "---:|" * len(arms)]
     for m in c["members"]:
@@ -133,6 +137,11 @@ def markdown(c: dict) -> str:
     for m in c["members"]:
         out.append(f"| {m['name']} | " + " | ".join(f"{m['task_accuracy'][a]:.3f}" for a in arms) + " |")
     return "\n".join(out) + "\n"
+
+
+def _acceptance(c: dict, arm: str) -> str:
+    a = c.get("mean_draft_acceptance", {}).get(arm)
+    return "—" if not a else f"{a['temperature_0']:.3f} / {a['temperature_1']:.3f}"
 
 
 def main(argv):

@@ -106,10 +106,13 @@ def evaluate_members(workdir: Path, task_files: list[str]) -> dict:
 # Hugging Face export / import
 
 
-def export_workdir(workdir: Path, out: Path, member: str | None) -> list[Path]:
+def export_workdir(workdir: Path, out: Path, member: str | None, max_position_embeddings: int | None = None,
+                   dtype: str = "float32") -> list[Path]:
     """Exports one member to `out`, or (member=None) every finished member to out/<name>/.
-    The run's tokenizer.json and data.seq_len (as max_position_embeddings) go along."""
-    cfg, stages = workdir_lib.select_members(workdir, member)
+    The run's tokenizer.json goes along; max_position_embeddings defaults to each member's
+    RoPE-usable context (not data.seq_len); dtype: float32 or bfloat16."""
+    hf.check_export_args(max_position_embeddings, dtype)
+    _, stages = workdir_lib.select_members(workdir, member)
     workdir_lib.check_writable(out, "--out")
     tok_path = Path(workdir, "tokenizer.json")
     tokenizer = tok_path if tok_path.is_file() else None
@@ -120,7 +123,7 @@ def export_workdir(workdir: Path, out: Path, member: str | None) -> list[Path]:
         params = jax.device_get(workdir_lib.member_params(workdir, stage))
         dest = out if member is not None else out / stage.name
         written.append(hf.save_pretrained(params, stage.model, dest, tokenizer,
-                                       max_position_embeddings=int(cfg.data.seq_len)))
+                                          max_position_embeddings=max_position_embeddings, dtype=dtype))
     return written
 
 

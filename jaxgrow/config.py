@@ -342,3 +342,12 @@ def drift(saved: dict, current: dict) -> list[str]:
     """Differing keys that are not run-length, logging or placement keys (see RESUMABLE_KEYS)."""
     return [k for k in config_diff(saved, current)
             if not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE_KEYS)]
+
+
+def rope_context(model_cfg: Any) -> int:
+    """The model's RoPE-usable context: the largest power of two not above the wavelength of the
+    slowest RoPE frequency pair, 2*pi*theta^((d-2)/d). Past it the slowest pair wraps around, so two
+    positions can no longer be told apart by any pair; it does not depend on data.seq_len."""
+    d = int(model_cfg.head_dim)
+    wavelength = 2 * math.pi * float(model_cfg.rope_theta) ** ((d - 2) / d)
+    return 2 ** int(math.floor(math.log2(max(wavelength, 2.0))))

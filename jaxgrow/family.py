@@ -163,7 +163,7 @@ def _run_one_stage(setup: Setup, stage: StageBudget, flops_before: float, steps_
 
 def write_report(setup: Setup) -> dict:
     """Evaluates every member (held-out loss, KL to the next) and writes report.json/.md and plots."""
-    from jaxgrow import evaluate, report  # noqa: PLC0415
+    from jaxgrow import evaluate, inference, report  # noqa: PLC0415
 
     cfg, stages = setup.cfg, setup.stages
     params = [member_params(setup.workdir, s, setup.mesh) for s in stages]
@@ -176,6 +176,10 @@ def write_report(setup: Setup) -> dict:
                 ev["kl_to_next"], ev["kl_from_next"] = evaluate.kl_between(
                     params[i], s.model, params[i + 1], stages[i + 1].model, setup.eval_batches)
             evals.append(ev)
+        # consistency as speculative decoding sees it: member i drafting for member i+1 (inference.py)
+        rates = inference.family_acceptance(params, [s.model for s in stages], setup.eval_batches)
+        for i, rate in enumerate(rates):
+            evals[i]["draft_acceptance"] = None if rate is None else {"target": stages[i + 1].name, **rate}
     result = report.build(cfg, stages, evals, budgets(cfg, "independent"))  # stages: as recorded at their start
     if jax.process_index() == 0:
         report.write(setup.workdir, result, stages, [lr_schedule(cfg, s) for s in stages])

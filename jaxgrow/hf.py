@@ -61,7 +61,7 @@ from safetensors.numpy import save_file
 from tokenizers import Tokenizer
 
 from jaxgrow import config as config_lib, layout, storage
-from jaxgrow.config import InputError
+from jaxgrow.config import InputError, rope_context
 from jaxgrow.data import EOS
 
 log = logging.getLogger("jaxgrow")
@@ -187,7 +187,11 @@ def from_hf_tensors(tensors: dict[str, np.ndarray], model_cfg: Any, source: str 
 # Config mapping
 
 
-def hf_config(model_cfg: Any, eos_id: int | None = None, max_position_embeddings: int = DEFAULT_MAX_POSITIONS) -> dict:
+EXPORT_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
+
+
+def hf_config(model_cfg: Any, eos_id: int | None = None, max_position_embeddings: int = DEFAULT_MAX_POSITIONS,
+              dtype: str = "float32") -> dict:
     """The config.json of an HF `LlamaForCausalLM` equivalent to our model config."""
     m = model_cfg
     theta = float(m.rope_theta)
@@ -217,8 +221,8 @@ def hf_config(model_cfg: Any, eos_id: int | None = None, max_position_embeddings
         "bos_token_id": eos_id,
         "eos_token_id": eos_id,
         "pad_token_id": None,
-        "torch_dtype": "float32",
-        "dtype": "float32",
+        "torch_dtype": dtype,
+        "dtype": dtype,
     }
 
 
@@ -410,16 +414,28 @@ def write_tokenizer(tokenizer: Any, out_dir: Path, model_max_length: int) -> Non
     _write_json(out_dir / "special_tokens_map.json", special)
 
 
+def check_export_args(max_position_embeddings: int | None, dtype: str) -> None:
+    if dtype not in EXPORT_DTYPES:
+        raise HFError(f"--export_dtype={dtype} is not supported; choose one of {', '.join(EXPORT_DTYPES)}")
+    if max_position_embeddings is not None and int(max_position_embeddings) < 1:
+        raise HFError(f"--max_position_embeddings={max_position_embeddings} must be >= 1 (0 = the RoPE-usable context)")
+
+
 def save_pretrained(params: dict, model_cfg: Any, out_dir: str | Path, tokenizer: Any = None,
                     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-                    max_position_embeddings: int = DEFAULT_MAX_POSITIONS) -> Path:
+                    max_position_embeddings: int | None = None, dtype: str = "float32") -> Path:
     """Writes `out_dir` as an HF LlamaForCausalLM checkpoint loadable by `from_pretrained(out_dir)`.
 
     params: our layout (jax or numpy arrays; gathered to host as float32). tokenizer: a
     `tokenizers.Tokenizer` or a tokenizer.json path; its <|endoftext|> id becomes bos/eos.
     max_shard_bytes: weights larger than this are split into shards plus an index file.
-    max_position_embeddings: written to config.json and as the tokenizer's model_max_length.
+    max_position_embeddings: written to config.json and as the tokenizer's model_max_length
+    (default: the model's RoPE-usable context, config.rope_context; not data.seq_len).
+    dtype: "float32" (exact) or "bfloat16" (weights rounded to nearest; half the bytes).
     """
+    check_export_args(max_position_embeddings, dtype)
+    if max_position_embeddings is None:
+        max_position_embeddings = rope_context(model_cfg)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise HFError(f"--out={out_dir} exists and is not a directory")
@@ -429,8 +445,9 @@ def save_pretrained(params: dict, model_cfg: Any, out_dir: str | Path, tokenizer
     tok = _as_tokenizer(tokenizer)
     eos_id = tok.token_to_id(EOS) if tok is not None else None
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_safetensors(to_hf_tensors(params, model_cfg), out_dir, max_shard_bytes)
-    _write_json(out_dir / "config.json", hf_config(model_cfg, eos_id, max_position_embeddings))
+    tensors = {k: v.astype(EXPORT_DTYPES[dtype]) for k, v in to_hf_tensors(params, model_cfg).items()}
+    write_safetensors(tensors, out_dir, max_shard_bytes)
+    _write_json(out_dir / "config.json", hf_config(model_cfg, eos_id, max_position_embeddings, dtype))
     _write_json(out_dir / "generation_config.json", {"bos_token_id": eos_id, "eos_token_id": eos_id})
     if tok is not None:
         write_tokenizer(tok, out_dir, max_position_embeddings)

@@ -6,7 +6,8 @@
     jaxgrow evaluate --workdir W --tasks FILE.jsonl [FILE.jsonl ...]
     jaxgrow export --workdir W [--member NAME | --all] --out DIR
     jaxgrow import --hf DIR --workdir W
-    jaxgrow sample --workdir W [--member NAME | --all] --prompt "..."
+    jaxgrow sample --workdir W [--member NAME | --all] --prompt "..." [--top_p P]
+    jaxgrow sample --workdir W --member LARGE --draft SMALL [--gamma 4] --prompt "..."
     jaxgrow [COMMAND] --help
 
 `jaxgrow`, `python -m jaxgrow` and `python -m jaxgrow.main` are the same command. Each subcommand
@@ -49,6 +50,13 @@ flags.DEFINE_float("temperature", 0.0, "Sampling temperature (0 = greedy).")
 flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = all).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("devices", 0, "Forced host (CPU) devices to plan on (0: the mesh's product, else 8).")
+flags.DEFINE_float("top_p", 1.0, "Keep the smallest set of tokens whose probability reaches top_p (1 = all).")
+flags.DEFINE_string("draft", None, "Speculative decoding with this (smaller) member drafting for --member.")
+flags.DEFINE_string("draft_workdir", None, "Workdir holding --draft (default: --workdir).")
+flags.DEFINE_integer("gamma", 4, "Draft tokens proposed per target call (speculative decoding).")
+flags.DEFINE_bool("speculative", False, "Also measure each adjacent pair's draft acceptance rate.")
+flags.DEFINE_integer("max_position_embeddings", 0, "config.json value (0 = the model's RoPE-usable context).")
+flags.DEFINE_enum("export_dtype", "float32", ["float32", "bfloat16"], "Exported weight dtype.")
 # Every flag defined above (a new one goes above this line and into COMMAND_FLAGS below).
 JAXGROW_FLAGS = frozenset(name for name in set(FLAGS) - _BEFORE if "." not in name)
 
@@ -57,10 +65,11 @@ COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "train": ("config", "workdir"),
     "expand": ("config", "from", "workdir"),
     "plan": ("config", "devices"),
-    "evaluate": ("workdir", "tasks"),
-    "export": ("workdir", "member", "all", "out"),
+    "evaluate": ("workdir", "tasks", "speculative", "gamma"),
+    "export": ("workdir", "member", "all", "out", "max_position_embeddings", "export_dtype"),
     "import": ("hf", "workdir"),
-    "sample": ("workdir", "member", "all", "prompt", "max_new_tokens", "temperature", "top_k", "seed"),
+    "sample": ("workdir", "member", "all", "prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed",
+               "draft", "draft_workdir", "gamma"),
 }
 COMMAND_HELP = {
     "train": "train (or resume) a family; writes checkpoints, metrics and report.md to --workdir",
@@ -258,10 +267,21 @@ def cmd_evaluate(rest: list[str]) -> int:
     from jaxgrow import commands  # noqa: PLC0415
 
     files = [f for f in FLAGS.tasks + rest if f]
+    if FLAGS.speculative:
+        from jaxgrow import inference, sampling  # noqa: PLC0415
+
+        inference.check_gamma(FLAGS.gamma)
     result = commands.evaluate_members(_workdir(), files)
+    if FLAGS.speculative:
+        for name, acc in sampling.evaluate_speculative(_workdir(), FLAGS.gamma).items():
+            result["members"][name]["draft_acceptance"] = acc
     for name, r in result["members"].items():
         tasks = ", ".join(f"{t}: {v['acc_norm']:.3f}" for t, v in r["tasks"].items())
         print(f"{name}: eval_loss {r['eval_loss']:.4f}" + (f"; {tasks}" if tasks else ""))
+        if r.get("draft_acceptance"):
+            a = r["draft_acceptance"]
+            print(f"{name}: drafting for {a['target']}: acceptance {a['temperature_0']:.3f} at temperature 0, "
+                  f"{a['temperature_1']:.3f} at temperature 1 (gamma {a['gamma']})")
     print(f"jaxgrow: wrote {_workdir() / 'eval.json'}")
     return 0
 
@@ -271,7 +291,8 @@ def cmd_export(rest: list[str]) -> int:
 
     if not FLAGS.out:
         raise UsageError("--out is required")
-    written = commands.export_workdir(_workdir(), Path(FLAGS.out).expanduser().absolute(), _member())
+    written = commands.export_workdir(_workdir(), Path(FLAGS.out).expanduser().absolute(), _member(),
+                                      FLAGS.max_position_embeddings or None, FLAGS.export_dtype)
     for path in written:
         print(f"jaxgrow: exported {path}")
     return 0
@@ -290,10 +311,28 @@ def cmd_import(rest: list[str]) -> int:
 def cmd_sample(rest: list[str]) -> int:
     from jaxgrow import sampling  # noqa: PLC0415
 
+    if FLAGS.draft is not None:
+        return cmd_sample_speculative()
     results = sampling.sample_workdir(_workdir(), _member(), FLAGS.prompt, FLAGS.max_new_tokens, FLAGS.temperature,
-                                      FLAGS.top_k, FLAGS.seed)
+                                      FLAGS.top_k, FLAGS.seed, FLAGS.top_p)
     for name, text in results.items():
         print(f"=== {name} ===\n{FLAGS.prompt}{text}\n")
+    return 0
+
+
+def cmd_sample_speculative() -> int:
+    from jaxgrow import sampling  # noqa: PLC0415
+
+    if FLAGS.all or not FLAGS.member:
+        raise UsageError("--draft needs --member NAME (the target model), not --all")
+    draft_workdir = Path(FLAGS.draft_workdir).expanduser().absolute() if FLAGS.draft_workdir else None
+    r = sampling.sample_speculative_workdir(_workdir(), FLAGS.member, FLAGS.draft, draft_workdir, FLAGS.prompt,
+                                            FLAGS.max_new_tokens, FLAGS.temperature, FLAGS.top_k, FLAGS.top_p,
+                                            FLAGS.seed, FLAGS.gamma)
+    print(f"=== {FLAGS.member} (draft {FLAGS.draft}, gamma {FLAGS.gamma}) ===\n{FLAGS.prompt}{r['text']}\n")
+    print(f"acceptance rate {r['acceptance_rate']:.3f}, {r['tokens_per_target_call']:.2f} tokens per target call, "
+          f"speedup over {FLAGS.member} alone {r['speedup']:.2f}x ({r['target_seconds']:.3f}s alone, "
+          f"{r['speculative_seconds']:.3f}s speculative; each timed after a warm-up run)")
     return 0
 
 

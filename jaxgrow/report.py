@@ -39,7 +39,7 @@ def build(cfg: Any, stages: list, member_evals: list[dict], independent_stages: 
             "steps": s.steps, "train_flops": s.train_flops, "cumulative_train_flops": cumulative,
             "train_flops_per_token": s.train_flops_per_token, "eval_loss": ev["eval_loss"],
             "eval_ppl": float(np.exp(min(ev["eval_loss"], 50.0))), "kl_to_next": ev["kl_to_next"],
-            "kl_from_next": ev["kl_from_next"],
+            "kl_from_next": ev["kl_from_next"], "draft_acceptance": ev.get("draft_acceptance"),
         })
     return {
         "mode": cfg.mode, "flops_convention": flops.CONVENTION, "total_train_flops": total,
@@ -56,17 +56,27 @@ def markdown(report: dict) -> str:
              f"(independent family: {report['independent_total_train_flops']:.4g}; "
              f"saved: {100 * report['flops_saved_fraction']:.1f}%)", "",
              f"FLOPs convention: {report['flops_convention']}", "",
-             "| member | params | non-emb params | tokens | train FLOPs | eval loss | eval ppl | KL(this‖next) | KL(next‖this) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| member | params | non-emb params | tokens | train FLOPs | eval loss | eval ppl | KL(this‖next) | KL(next‖this) "
+             "| draft acceptance for next (T=0 / T=1) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     fmt = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
     for m in report["members"]:
         lines.append(f"| {m['name']} | {m['params']:,} | {m['non_embedding_params']:,} | {m['tokens']:,} | "
                      f"{m['train_flops']:.3g} | {m['eval_loss']:.4f} | {m['eval_ppl']:.2f} | "
-                     f"{fmt(m['kl_to_next'])} | {fmt(m['kl_from_next'])} |")
+                     f"{fmt(m['kl_to_next'])} | {fmt(m['kl_from_next'])} | {_acceptance_cell(m.get('draft_acceptance'))} |")
+    if any(m.get("draft_acceptance") for m in report["members"]):
+        a = next(m["draft_acceptance"] for m in report["members"] if m.get("draft_acceptance"))
+        lines += ["", f"Draft acceptance: the fraction of this member's speculative draft tokens (gamma={a['gamma']}) "
+                  f"that the next member accepts, on {a['prompts']} held-out prompts x {a['new_tokens']} new tokens "
+                  "(jaxgrow/inference.py)."]
     lines += ["", "## Plots", ""]
     for name, title in PLOTS.items():  # written next to report.md by `write`
         lines += [f"![{title}]({name})", ""]
     return "\n".join(lines)
+
+
+def _acceptance_cell(a: dict | None) -> str:
+    return "—" if not a else f"{a['temperature_0']:.3f} / {a['temperature_1']:.3f}"
 
 
 def plot_eval_vs_flops(series: dict[str, dict[str, list[tuple[float, float]]]], path: Path, title: str) -> None:

@@ -1,23 +1,23 @@
-"""Sampling from family members: jitted decoding of one model and the `sample` command.
+"""Sampling from family members: the `sample` command (plain or speculative) and
+`evaluate --speculative`, over jaxgrow.inference (prefill + KV cache, speculative decoding).
 
-`generate` decodes inside one jitted while_loop over a fixed-size token buffer (the prompt plus
-max_new_tokens, rounded up to a multiple of 64), recomputing the causal forward each step: padding
-after the cursor cannot influence it, and nothing recompiles per token. No KV cache: correctness
-over speed, for small models (jaxgrow.inference adds the cache and speculative decoding).
+`_decode` is the former decoder, kept as the reference the KV cache must reproduce: one jitted
+while_loop over a fixed-size token buffer (the prompt plus max_new_tokens, rounded up to a
+multiple of 64), recomputing the causal forward each step.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from tokenizers import Tokenizer
 
-from jaxgrow import config as config_lib, model, sharding, workdir as workdir_lib
+from jaxgrow import checkpoint, data, inference, model, sharding, storage, workdir as workdir_lib
 from jaxgrow.config import InputError
 from jaxgrow.data import EOS
 
@@ -62,32 +62,16 @@ def _bucket(n: int) -> int:
 
 
 def generate(params: dict, model_cfg: Any, prompt_ids: list[int], max_new_tokens: int, temperature: float = 0.0,
-             top_k: int = 0, seed: int = 0, eos_id: int | None = None) -> list[int]:
+             top_k: int = 0, seed: int = 0, eos_id: int | None = None, top_p: float = 1.0) -> list[int]:
     """New token ids continuing `prompt_ids` (non-empty): greedy at temperature 0, else sampled
-    from softmax(logits / temperature) restricted to the top_k tokens (0 = all). Stops after
-    max_new_tokens or right after emitting eos_id (included) when given."""
-    _check_sampling_args(max_new_tokens, temperature, top_k)
+    from softmax(logits / temperature) restricted to the top_k tokens (0 = all) and the top_p
+    nucleus (1 = all). Stops after max_new_tokens or right after emitting eos_id (included) when
+    given. Prefill + KV-cache decoding (jaxgrow.inference); `_decode` above is the former
+    full-recompute decoder, kept as the reference the cache must reproduce."""
+    inference.check_sampling_args(max_new_tokens, temperature, top_k, top_p)
     if not prompt_ids:
         raise InputError("generate: prompt_ids is empty (give at least one token, e.g. the <|endoftext|> id)")
-    if max_new_tokens == 0:
-        return []
-    buf = np.zeros(_bucket(len(prompt_ids) + max_new_tokens), np.int32)
-    buf[:len(prompt_ids)] = prompt_ids
-    frozen = config_lib.frozen(model_cfg)
-    out, n = _decode(params, frozen, jnp.asarray(buf), jnp.int32(len(prompt_ids)), jnp.int32(max_new_tokens),
-                     jnp.int32(-1 if eos_id is None else eos_id), jax.random.key(seed),
-                     jnp.float32(max(temperature, 1e-6)), greedy=temperature == 0, top_k=int(top_k))
-    out, n = jax.device_get((out, n))
-    return [int(t) for t in out[len(prompt_ids): len(prompt_ids) + int(n)]]
-
-
-def _check_sampling_args(max_new_tokens: int, temperature: float, top_k: int) -> None:
-    if max_new_tokens < 0:
-        raise InputError(f"--max_new_tokens={max_new_tokens} must be >= 0")
-    if not temperature >= 0:
-        raise InputError(f"--temperature={temperature} must be >= 0 (0 = greedy)")
-    if top_k < 0:
-        raise InputError(f"--top_k={top_k} must be >= 0 (0 = all tokens)")
+    return inference.generate(params, model_cfg, prompt_ids, max_new_tokens, temperature, top_k, seed, eos_id, top_p)
 
 
 def _continuation_text(tok, prompt_ids: list[int], new_ids: list[int]) -> str:
@@ -99,11 +83,11 @@ def _continuation_text(tok, prompt_ids: list[int], new_ids: list[int]) -> str:
 
 
 def sample_workdir(workdir: Path, member: str | None, prompt: str, max_new_tokens: int, temperature: float,
-                   top_k: int, seed: int) -> dict[str, str]:
+                   top_k: int, seed: int, top_p: float = 1.0) -> dict[str, str]:
     """Continuation text of `prompt` per member (member=None: every finished member), decoded with
     the run's tokenizer; stops at max_new_tokens or <|endoftext|> (not included). An empty prompt
     starts from <|endoftext|>, the document separator the models were trained with."""
-    _check_sampling_args(max_new_tokens, temperature, top_k)
+    inference.check_sampling_args(max_new_tokens, temperature, top_k, top_p)
     _, stages = workdir_lib.select_members(workdir, member)
     tok_path = Path(workdir, "tokenizer.json")
     if not tok_path.is_file():
@@ -119,8 +103,95 @@ def sample_workdir(workdir: Path, member: str | None, prompt: str, max_new_token
     results = {}
     for stage in stages:
         params = workdir_lib.member_params(workdir, stage, mesh)
-        new = generate(params, stage.model, prompt_ids, max_new_tokens, temperature, top_k, seed, eos_id)
+        new = generate(params, stage.model, prompt_ids, max_new_tokens, temperature, top_k, seed, eos_id, top_p)
         if new and new[-1] == eos_id:
             new = new[:-1]
         results[stage.name] = _continuation_text(tok, prompt_ids, new)
     return results
+
+
+# ----------------------------------------------------------------------------------------------
+# Speculative sampling and acceptance for a workdir (called by jaxgrow.main)
+
+
+def _member_stage(workdir, name: str, flag: str):
+    _, stages = workdir_lib.load_setup_for_eval(workdir)
+    by_name = {s.name: s for s in stages}
+    if name not in by_name:
+        raise InputError(f"{flag}={name} is not a member of {workdir}; members: {', '.join(by_name)}")
+    if not checkpoint.has_checkpoint(workdir_lib.member_dir(workdir, name)):
+        raise InputError(f"{flag}={name}: {workdir_lib.member_dir(workdir, name)} holds no checkpoint; train first")
+    return by_name[name]
+
+
+def _tokenizer(workdir, flag: str):
+    path = Path(workdir, "tokenizer.json")
+    if not path.is_file():
+        raise InputError(f"{flag}={workdir} has no tokenizer.json; cannot encode --prompt")
+    return Tokenizer.from_file(str(path))
+
+
+def sample_speculative_workdir(workdir, member: str, draft: str, draft_workdir, prompt: str, max_new_tokens: int,
+                               temperature: float, top_k: int, top_p: float, seed: int,
+                               gamma: int = inference.DEFAULT_GAMMA) -> dict:
+    """`sample --member M --draft D`: M's continuation of `prompt`, drafted by D (of `draft_workdir`,
+    default `workdir`), plus acceptance rate, tokens per target call and the wall-time speedup over
+    M decoding alone (both timed after a warm-up run, same prompt and settings)."""
+    inference.check_sampling_args(max_new_tokens, temperature, top_k, top_p)
+    inference.check_gamma(gamma)
+    draft_workdir = draft_workdir or workdir
+    target_stage = _member_stage(workdir, member, "--member")
+    draft_stage = _member_stage(draft_workdir, draft, "--draft")
+    tok = _tokenizer(workdir, "--workdir")
+    if draft_workdir != workdir and _tokenizer(draft_workdir, "--draft_workdir").get_vocab() != tok.get_vocab():
+        raise InputError(f"--draft_workdir={draft_workdir}: its tokenizer differs from --workdir's; the draft must "
+                         "share the target's tokenizer")
+    inference.check_draft(target_stage.model, draft_stage.model, f"--member={member}", f"--draft={draft}")
+    eos_id = tok.token_to_id(EOS)
+    prompt_ids = tok.encode(prompt, add_special_tokens=False).ids if prompt else []
+    if not prompt_ids:
+        if eos_id is None:
+            raise InputError(f"--prompt is empty and the tokenizer has no {EOS} token to start from")
+        prompt_ids = [eos_id]
+    inference.check_prompt(prompt_ids, target_stage.model, max_new_tokens + gamma + 1)
+    mesh = sharding.eval_mesh(jax.devices()[:1])
+    target_params = workdir_lib.member_params(workdir, target_stage, mesh)
+    draft_params = workdir_lib.member_params(draft_workdir, draft_stage, mesh)
+    alone, t_alone = inference.timed(inference.generate, target_params, target_stage.model, prompt_ids, max_new_tokens, temperature,
+                           top_k, seed, eos_id, top_p)
+    spec, t_spec = inference.timed(inference.speculative_generate, target_params, target_stage.model, draft_params, draft_stage.model,
+                         prompt_ids, max_new_tokens, gamma, temperature, top_k, top_p, seed, eos_id)
+    new = spec.tokens[0]
+    if new and new[-1] == eos_id:
+        new = new[:-1]
+    return {"text": _continuation_text(tok, prompt_ids, new), "tokens": spec.tokens[0],
+            "target_alone_tokens": alone, "acceptance_rate": spec.acceptance_rate,
+            "tokens_per_target_call": spec.tokens_per_target_call, "target_seconds": t_alone,
+            "speculative_seconds": t_spec, "speedup": t_alone / t_spec}
+
+
+def evaluate_speculative(workdir, gamma: int = inference.DEFAULT_GAMMA) -> dict[str, dict]:
+    """`evaluate --speculative`: each finished member's acceptance rate drafting for the next finished
+    member on held-out prompts, at temperature 0 and 1; merged into W/eval.json under
+    members[name].draft_acceptance. Returns {name: draft_acceptance}."""
+    inference.check_gamma(gamma)
+    cfg, stages = workdir_lib.load_setup_for_eval(workdir)
+    done = [s for s in stages if checkpoint.has_checkpoint(workdir_lib.member_dir(workdir, s.name))]
+    if not done:
+        raise InputError(f"--workdir={workdir} holds no finished member; train the family first")
+    corpus = data.prepare(cfg.data, cfg.model.vocab_size, workdir)
+    host = data.eval_batches(corpus.eval, cfg.data.seq_len, cfg.data.batch_size, cfg.data.eval_batches)
+    mesh = sharding.eval_mesh()
+    params = [workdir_lib.member_params(workdir, s, mesh) for s in done]
+    with jax.set_mesh(mesh):
+        rates = inference.family_acceptance(params, [s.model for s in done], host, gamma)
+    result = {}
+    for s, nxt, rate in zip(done, done[1:], rates):
+        result[s.name] = {"target": nxt.name, **rate}
+    if jax.process_index() == 0:
+        path = Path(workdir, "eval.json")
+        existing = json.loads(path.read_text()) if path.exists() else {"members": {}}
+        for name, rate in result.items():
+            existing["members"].setdefault(name, {})["draft_acceptance"] = rate
+        storage.atomic_write_text(path, json.dumps(existing, indent=2))
+    return result

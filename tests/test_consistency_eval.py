@@ -153,7 +153,7 @@ def test_reproduce_paper_on_family_tiny_writes_every_field(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     c = json.loads((tmp_path / "comparison.json").read_text())
     arms = {"progressive", "fixed_lr", "independent", "consistency"}
-    for key in ("flops_saved_fraction", "mean_adjacent_kl", "total_train_flops"):
+    for key in ("flops_saved_fraction", "mean_adjacent_kl", "total_train_flops", "mean_draft_acceptance"):
         assert set(c[key]) == arms and all(v is not None for v in c[key].values())
     assert [m["name"] for m in c["members"]] == ["small", "medium", "large"]
     for m in c["members"]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hf_common import CONFIGS, our_logits, random_params
 
-from jaxgrow import commands, config, hf, sampling
+from jaxgrow import commands, config, hf, inference, sampling
 from jaxgrow import workdir as workdir_lib
 
 
@@ -19,9 +19,9 @@ def test_generate_is_one_compilation_and_samples_sensibly():
     params = jax.device_put(random_params(cfg))
     prompt = [1, 2, 3]
     greedy = sampling.generate(params, cfg, prompt, 12)
-    before = sampling._decode._cache_size()
+    before = inference._decode._cache_size()
     assert sampling.generate(params, cfg, prompt + [4, 5], 12) is not None  # same buffer bucket: no recompile
-    assert sampling._decode._cache_size() == before
+    assert inference._decode._cache_size() == before
 
     def next_logits(seq):  # reference: the forward over a zero-padded row (one shape, one compilation)
         row = np.zeros((1, 32), np.int32)
