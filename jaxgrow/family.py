@@ -193,6 +193,11 @@ def prepare(cfg: Any, workdir: Path) -> Setup:
     return Setup(cfg, workdir, mesh, corpus, eval_batches, stages)
 
 
+def document_eos(cfg: Any, corpus: data.Corpus) -> int | None:
+    """The EOS id that separates documents when data.document_masking is on, else None."""
+    return corpus.eos_id if cfg.data.get("document_masking", False) else None
+
+
 def stage_key(seed: int, index: int, purpose: int) -> jax.Array:
     """Init (purpose 0) and expansion (purpose 1) randomness from the seed and the stage index only."""
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), index), purpose)
@@ -292,14 +297,18 @@ def _run_one_stage(setup: Setup, stage: StageBudget, flops_before: float, metric
     else:
         teacher_params = None
     step_fn = train.make_train_step(stage.model, optimizer, lr_schedule(cfg, stage),
-                                    grad_accum_steps=cfg.optimizer.grad_accum_steps, consistency=consistency)
+                                    grad_accum_steps=cfg.optimizer.grad_accum_steps, consistency=consistency,
+                                    document_eos=document_eos(cfg, setup.corpus))
     teacher_shardings = sharding.param_shardings(prev.model, mesh) if consistency else None
     train_step = train.jit_train_step(step_fn, shardings, mesh, teacher_shardings)
-    eval_step = jax.jit(train.make_eval_step(stage.model))
+    eval_step = jax.jit(train.make_eval_step(stage.model, document_eos(cfg, setup.corpus)))
 
-    dataset = data.train_dataset(setup.corpus.train, cfg.data.seq_len, cfg.data.batch_size, cfg.seed,
+    dataset = data.train_dataset(setup.corpus.train_sources, cfg.data.seq_len, cfg.data.batch_size, cfg.seed,
                                  jax.process_index(), jax.process_count())
-    data_iter = data.DeviceIterator(dataset, sharding.batch_sharding(mesh), cfg.data.prefetch, data_state)
+    data_iter = data.DeviceIterator(dataset, sharding.batch_sharding(mesh), cfg.data.prefetch, data_state,
+                                    workers=cfg.data.get("workers", 0), global_batch=cfg.data.batch_size,
+                                    mixture=[(s.name, s.weight) for s in setup.corpus.train_sources],
+                                    row_tokens=cfg.data.seq_len)
     per_step = tokens_per_step(cfg)
     spec = train.StageSpec(
         index=stage.index, name=stage.name, model_cfg=stage.model, steps=stage.steps, tokens_per_step=per_step,

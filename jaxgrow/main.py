@@ -7,6 +7,7 @@
     python -m jaxgrow.main export --workdir W (--member NAME | --all) --out DIR
     python -m jaxgrow.main import --hf DIR --workdir W
     python -m jaxgrow.main sample --workdir W [--member NAME | --all] --prompt "..."
+    python -m jaxgrow.main tokenize --inputs GLOBS --out DIR [--tokenizer PATH | --vocab_size N] [--workers K]
 
 Bad input exits with code 2 and one line naming the field or file; nothing is written then.
 """
@@ -27,7 +28,7 @@ from ml_collections import config_flags
 from jaxgrow import logs
 from jaxgrow.config import InputError
 
-COMMANDS = ("train", "expand", "plan", "evaluate", "export", "import", "sample")
+COMMANDS = ("train", "expand", "plan", "evaluate", "export", "import", "sample", "tokenize")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config: a Python file with get_config().",
                                           lock_config=True)
@@ -44,6 +45,14 @@ flags.DEFINE_float("temperature", 0.0, "sample: 0 = greedy.")
 flags.DEFINE_integer("top_k", 0, "sample: keep the k most likely tokens (0 = all).")
 flags.DEFINE_integer("seed", 0, "sample: sampling seed.")
 flags.DEFINE_integer("devices", 0, "plan: forced host (CPU) devices to plan on (0: the mesh's product, else 8).")
+flags.DEFINE_string("inputs", None, "tokenize: comma-separated globs of .txt/.jsonl/.jsonl.gz/.jsonl.zst/.parquet (local or gs://...).")
+flags.DEFINE_string("tokenizer", "", "tokenize: a tokenizer.json (or a dir holding one); '' trains a byte-level BPE.")
+flags.DEFINE_integer("vocab_size", 0, "tokenize: BPE size to train without --tokenizer; with it, an upper bound.")
+flags.DEFINE_string("text_field", "text", "tokenize: JSON field / Parquet column holding the text.")
+flags.DEFINE_integer("workers", 1, "tokenize: worker processes.")
+flags.DEFINE_string("eos_token", "", "tokenize: end-of-document token ('' = <|endoftext|>, </s>, ... whichever exists).")
+flags.DEFINE_string("bos_token", "", "tokenize: token put before every document ('' = none).")
+flags.DEFINE_integer("shard_tokens", 1 << 26, "tokenize: tokens per shard file.")
 FLAGS = flags.FLAGS
 
 log = logging.getLogger("jaxgrow")
@@ -100,6 +109,12 @@ def _workdir(required: bool = True) -> Path | None:
         if required:
             raise UsageError("--workdir is required")
         return None
+    from jaxgrow import storage  # noqa: PLC0415
+
+    storage.check_scheme(FLAGS.workdir, "--workdir")  # unknown scheme / missing fs package: exit 2, nothing written
+    if storage.is_remote(FLAGS.workdir):
+        raise UsageError(f"--workdir={FLAGS.workdir}: remote workdirs are not supported yet; give a local directory "
+                         "(data, tokenized shards and tokenizers may be remote)")
     return Path(FLAGS.workdir).expanduser().absolute()  # orbax needs absolute paths
 
 
@@ -220,6 +235,20 @@ def cmd_sample() -> int:
     return 0
 
 
+def cmd_tokenize() -> int:
+    from jaxgrow import tokenizing  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    manifest = tokenizing.run_command(FLAGS.inputs or "", FLAGS.out or "", FLAGS.tokenizer, FLAGS.vocab_size,
+                                      FLAGS.text_field, FLAGS.workers, FLAGS.eos_token, FLAGS.bos_token,
+                                      FLAGS.shard_tokens)
+    dt = time.perf_counter() - t0
+    print(f"jaxgrow: tokenized {len(manifest['sources'])} file(s), {manifest['documents']} documents, "
+          f"{manifest['total_tokens']} tokens ({manifest['dtype']}, {len(manifest['shards'])} shards) in {dt:.1f}s "
+          f"({manifest['total_tokens'] / max(dt, 1e-9):.0f} tokens/s) into {FLAGS.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logs.setup()
     argv = list(sys.argv if argv is None else argv)
@@ -231,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "evaluate":
             return cmd_evaluate(rest)
         return {"train": cmd_train, "expand": cmd_expand, "plan": cmd_plan, "export": cmd_export,
-                "import": cmd_import, "sample": cmd_sample}[command]()
+                "import": cmd_import, "sample": cmd_sample, "tokenize": cmd_tokenize}[command]()
     except KeyboardInterrupt:
         return _fail("interrupted", code=130)
     except (UsageError, InputError) as e:
