@@ -90,11 +90,13 @@ class Spec:
     files: tuple = ()
 
 
-def _spec(value: str, field: str) -> Spec:
+def _spec(value: str, field: str, text_field: str) -> Spec:
     value = value.strip()
     if "," not in value and tokenizing.is_tokenized_dir(value):
         return Spec(field, tokenized=storage.as_path(value, field))
-    return Spec(field, files=tuple(resolve_files(value, field)))
+    files = resolve_files(value, field)
+    tokenizing.precheck(files, text_field, field)  # cheap content checks before any tokenizer work
+    return Spec(field, files=tuple(files))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,20 +134,20 @@ def source_specs(data_cfg: Any) -> list[SourceSpec]:
                 raise DataError(f"{f}.weight={weight!r} must be a positive number")
             if not src.get("train_files"):
                 raise DataError(f"{f}.train_files is empty; give globs or a tokenized directory")
-            ev = _spec(src["eval_files"], f"{f}.eval_files") if src.get("eval_files") else None
-            out.append(SourceSpec(name, float(weight), _spec(src["train_files"], f"{f}.train_files"), ev))
+            ev = _spec(src["eval_files"], f"{f}.eval_files", data_cfg.text_field) if src.get("eval_files") else None
+            out.append(SourceSpec(name, float(weight), _spec(src["train_files"], f"{f}.train_files", data_cfg.text_field), ev))
         if all(s.eval is None for s in out):
             raise DataError("data.mixture: no source has eval_files; give held-out data for at least one")
         return out
     if data_cfg.train_files:
-        train = _spec(data_cfg.train_files, "data.train_files")
+        train = _spec(data_cfg.train_files, "data.train_files", data_cfg.text_field)
         if not data_cfg.eval_files:
             raise DataError("data.eval_files is empty while data.train_files is set; give held-out files too")
-        held = _spec(data_cfg.eval_files, "data.eval_files")
+        held = _spec(data_cfg.eval_files, "data.eval_files", data_cfg.text_field)
     else:
         train_files, held_files = default_corpus()
         if data_cfg.eval_files:
-            held = _spec(data_cfg.eval_files, "data.eval_files")
+            held = _spec(data_cfg.eval_files, "data.eval_files", data_cfg.text_field)
         else:
             held = Spec("data.eval_files", files=tuple(epath.Path(f) for f in held_files))
         train = Spec("data.train_files", files=tuple(epath.Path(f) for f in train_files))
@@ -343,7 +345,6 @@ def prepare(data_cfg: Any, vocab_size: int, workdir: Path | epath.Path | None) -
             if manifest is not None:
                 return TokenStore([(workdir / "data" / name, manifest)])
         tmp = epath.Path(tempfile.mkdtemp(prefix="jaxgrow-tokens-")) / name
-        tokenizing.precheck(list(spec.files), data_cfg.text_field, spec.field)
         try:
             manifest = tokenizing.tokenize_files(list(spec.files), tmp, info, text_field=data_cfg.text_field,
                                                  workers=workers, field=spec.field, progress=False,

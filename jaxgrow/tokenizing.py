@@ -30,6 +30,7 @@ tokenizer, and the manifest lists units in sorted-input order, so the bytes are 
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import dataclasses
 import gzip
@@ -86,7 +87,8 @@ def expand_inputs(globs: str, field: str) -> list[epath.Path]:
             raise DataError(f"{field}: no file matches {pattern!r}; give existing {'/'.join(FORMATS)} files")
         for m in matches:
             if not input_format(str(m)):
-                raise DataError(f"{field}: {m} has an unknown format; valid: {', '.join(FORMATS)}")
+                raise DataError(f"{field}: {m} has suffix {''.join(epath.Path(str(m)).suffixes) or '(none)'!r}, "
+                                f"an unknown format; valid: {', '.join(FORMATS)}")
             out[str(m)] = m
     if not out:
         raise DataError(f"{field}={globs!r} names no files; give {'/'.join(FORMATS)} files")
@@ -185,6 +187,15 @@ def precheck(paths: list[epath.Path], text_field: str, field: str) -> None:
     for p in paths:
         if fingerprint(p)["size"] == 0:
             raise DataError(f"{field}: {p} is empty")
+        if input_format(str(p)) in (".txt", ".jsonl"):
+            with _open_binary(p) as f:
+                head = f.read(1 << 16)
+            try:
+                if b"\x00" in head:
+                    raise UnicodeDecodeError("utf-8", head, 0, 1, "NUL byte")
+                codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+            except UnicodeDecodeError:
+                raise DataError(f"{field}: {p} is binary, not UTF-8 text; give text files") from None
         if input_format(str(p)) == ".parquet":
             with contextlib.ExitStack() as stack:
                 _parquet_file(p, field, text_field, stack)
