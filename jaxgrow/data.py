@@ -543,6 +543,10 @@ class DeviceIterator:
                  global_batch: int = 0, row_tokens: int = 0):
         self._consumed = int(state["next_index"]) if state else 0
         if workers > 0:
+            from absl import flags  # noqa: PLC0415
+
+            if not flags.FLAGS.is_parsed():  # grain reads its absl flags; library use has no absl main
+                flags.FLAGS.mark_as_parsed()
             self._it = iter(dataset[self._consumed:].to_iter_dataset(
                 grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)).mp_prefetch(
                 grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=max(1, prefetch))))
