@@ -110,10 +110,45 @@ def _text_lines(path: epath.Path, fmt: str, stack: contextlib.ExitStack) -> io.T
     if fmt == ".jsonl.gz":
         raw = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
     elif fmt == ".jsonl.zst":
+        raw = io.BufferedReader(_ZstdReader(raw), 1 << 20)
+    return stack.enter_context(io.TextIOWrapper(raw, encoding="utf-8"))
+
+
+class _ZstdReader(io.RawIOBase):
+    """Streaming zstd decompression that, unlike zstandard's stream_reader, reports a truncated
+    last frame (EOFError) instead of silently ending; concatenated frames are read in turn."""
+
+    def __init__(self, raw):
         import zstandard  # noqa: PLC0415
 
-        raw = stack.enter_context(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True))
-    return stack.enter_context(io.TextIOWrapper(raw, encoding="utf-8"))
+        self._zstd, self._raw, self._buf, self._pos = zstandard, raw, b"", 0
+        self._obj = zstandard.ZstdDecompressor().decompressobj()
+        self._in_frame = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._buf:
+            chunk = self._raw.read(1 << 20)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("compressed data ended before the end of a zstd frame")
+                return 0
+            while chunk:
+                self._in_frame = True
+                self._buf += self._obj.decompress(chunk)
+                chunk = b""
+                if self._obj.eof:
+                    chunk = self._obj.unused_data
+                    self._obj = self._zstd.ZstdDecompressor().decompressobj()
+                    self._in_frame = False
+        n = min(len(b), len(self._buf) - self._pos)
+        b[:n] = self._buf[self._pos:self._pos + n]
+        self._pos += n
+        if self._pos == len(self._buf):
+            self._buf, self._pos = b"", 0
+        return n
 
 
 def iter_documents(path: epath.Path, text_field: str, field: str) -> Iterator[tuple[str, bool]]:

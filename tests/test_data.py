@@ -115,14 +115,14 @@ def test_tokenize_same_bytes_for_any_workers_and_resumes(tmp_path, bpe):
 def test_tokenize_cli_trains_bpe_from_bounded_sample_and_resumes(tmp_path):
     files = write_formats(tmp_path / "in", make_docs(200))
     out = tmp_path / "tok"
-    proc = run_cli("tokenize", "--inputs", f"{files['.jsonl.gz']},{files['.parquet']}", "--out", str(out),
+    proc = run_cli("tokenize", "--inputs", f"{files['.jsonl.gz']},{files['.parquet']}", "--out", "OUT",
                    "--vocab_size", "400", "--workers", "2", check=True)
     assert "tokens/s" in proc.stdout and "tokenized 2 file(s)" in proc.stdout
     m = json.loads((out / "manifest.json").read_text())
     tok = tokenizing.load_tokenizer(str(out))
     assert tok.get_vocab_size() == 400 and m["eos_token"] == "<|endoftext|>"
     before = shard_bytes(out)
-    proc = run_cli("tokenize", "--inputs", f"{files['.jsonl.gz']},{files['.parquet']}", "--out", str(out), check=True)
+    proc = run_cli("tokenize", "--inputs", f"{files['.jsonl.gz']},{files['.parquet']}", "--out", "OUT", check=True)
     assert shard_bytes(out) == before
 
 
@@ -260,19 +260,18 @@ def test_bad_inputs_exit_2_one_line_nothing_written(tmp_path, bpe, mistral_token
     tokenizing.tokenize_files([epath.Path(files[".parquet"])], epath.Path(eval_dir), bpe, progress=False)
 
     F = ("--config", "configs/tiny.py", "--config.log.progress=False")
-    out = tmp_path / "out"
     cases = [
-        (("tokenize", "--inputs", str(bad / "x.csv"), "--out", str(out), "--vocab_size", "300"),
+        (("tokenize", "--inputs", str(bad / "x.csv"), "--out", "OUT", "--vocab_size", "300"),
          f"--inputs: {bad / 'x.csv'} has suffix '.csv', an unknown format"),
-        (("tokenize", "--inputs", str(bad / "t.jsonl.gz"), "--out", str(out), "--vocab_size", "300"),
+        (("tokenize", "--inputs", str(bad / "t.jsonl.gz"), "--out", "OUT", "--vocab_size", "300"),
          f"--inputs: {bad / 't.jsonl.gz'} is truncated or corrupt"),
-        (("tokenize", "--inputs", str(bad / "t.jsonl.zst"), "--out", str(out), "--tokenizer", str(tok_dir)),
+        (("tokenize", "--inputs", str(bad / "t.jsonl.zst"), "--out", "OUT", "--tokenizer", str(tok_dir)),
          f"--inputs: {bad / 't.jsonl.zst'} is truncated or corrupt"),
-        (("tokenize", "--inputs", str(bad / "nocol.parquet"), "--out", str(out), "--vocab_size", "300"),
+        (("tokenize", "--inputs", str(bad / "nocol.parquet"), "--out", "OUT", "--vocab_size", "300"),
          f"--inputs: {bad / 'nocol.parquet'} has no 'text' column"),
-        (("tokenize", "--inputs", str(bad / "nofield.jsonl"), "--out", str(out), "--tokenizer", str(tok_dir)),
+        (("tokenize", "--inputs", str(bad / "nofield.jsonl"), "--out", "OUT", "--tokenizer", str(tok_dir)),
          f"--inputs: {bad / 'nofield.jsonl'}:2 is not a JSON object with a 'text' string"),
-        (("tokenize", "--inputs", str(files[".jsonl"]), "--out", str(out), "--tokenizer", str(noeos)),
+        (("tokenize", "--inputs", str(files[".jsonl"]), "--out", "OUT", "--tokenizer", str(noeos)),
          "has none of the EOS tokens"),
         (("tokenize", "--inputs", str(files[".jsonl"]), "--out", "foo://bucket/tok", "--vocab_size", "300"),
          "--out=foo://bucket/tok: unknown URL scheme 'foo://'"),
@@ -292,8 +291,9 @@ def test_bad_inputs_exit_2_one_line_nothing_written(tmp_path, bpe, mistral_token
         ((*F,), "--workdir=foo://bucket/run: unknown URL scheme 'foo://'"),
     ]
     procs = []
-    for args, message in cases:
-        workdir = "foo://bucket/run" if args == F else str(tmp_path / "w")
+    for i, (args, message) in enumerate(cases):
+        workdir = "foo://bucket/run" if args == F else str(tmp_path / f"w{i}")
+        args = tuple(str(tmp_path / f"out{i}") if a == "OUT" else a for a in args)
         cli = args if args[0] == "tokenize" else (*args, "--workdir", workdir)
         env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
         procs.append((cli, message, subprocess.Popen([sys.executable, "-m", "jaxgrow.main", *cli], cwd=REPO, env=env,
@@ -306,5 +306,6 @@ def test_bad_inputs_exit_2_one_line_nothing_written(tmp_path, bpe, mistral_token
         assert p.returncode == 2, (cli, stderr[-2000:])
         lines = [ln for ln in stderr.strip().splitlines() if ln.startswith("jaxgrow: error:")]
         assert len(lines) == 1 and message in lines[0], (cli, stderr[-2000:])
-        assert not out.exists() and not (tmp_path / "w").exists(), cli
-        assert not any(Path("foo:").exists() for _ in [0])
+    written = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("out", "w")))
+    assert written == [], written
+    assert not (REPO / "foo:").exists()
