@@ -309,3 +309,94 @@ def test_bad_inputs_exit_2_one_line_nothing_written(tmp_path, bpe, mistral_token
     written = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("out", "w")))
     assert written == [], written
     assert not (REPO / "foo:").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# End to end (slow): tokenize -> a mixed family run on unseen text -> SIGKILL -> resume, bitwise
+
+
+def _e2e_config(tmp_path: Path, prose_dir: Path, code_glob: str, eval_dir: Path) -> Path:
+    cfg = tmp_path / "mixed_family.py"
+    cfg.write_text(
+        "from configs.family_tiny import get_config as base\n\n"
+        "def get_config():\n"
+        "    c = base()\n"
+        "    c.model.vocab_size = 512\n"
+        "    c.data.seq_len, c.data.batch_size, c.data.eval_batches = 32, 8, 2\n"
+        "    c.data.document_masking = True\n"
+        "    c.budget.largest_tokens = 30_000\n"
+        "    c.checkpoint.every_steps = 4\n"
+        "    c.log.every_steps = 4\n"
+        "    c.log.progress = False\n"
+        f"    c.data.mixture.prose = dict(weight=0.7, train_files={str(prose_dir)!r}, eval_files={str(eval_dir)!r})\n"
+        f"    c.data.mixture.code = dict(weight=0.3, train_files={code_glob!r}, eval_files='')\n"
+        "    return c\n")
+    return cfg
+
+
+@pytest.mark.slow
+def test_tokenize_then_mixed_family_survives_sigkill_bitwise(tmp_path):
+    prose = write_formats(tmp_path / "prose", make_docs(400, seed=21))
+    held = write_formats(tmp_path / "held", make_docs(60, seed=22))
+    code = tmp_path / "code"
+    code.mkdir()
+    rng = np.random.default_rng(5)
+    (code / "a.jsonl").write_text("".join(json.dumps({"text": f"def f{i}(x):\n    return x * {int(rng.integers(99))}\n"}) + "\n"
+                                          for i in range(400)))
+    run_cli("tokenize", "--inputs", f"{prose['.jsonl.zst']},{prose['.parquet']}", "--out", str(tmp_path / "prose_tok"),
+            "--vocab_size", "512", "--workers", "2", check=True)
+    run_cli("tokenize", "--inputs", str(held[".jsonl.gz"]), "--out", str(tmp_path / "held_tok"),
+            "--tokenizer", str(tmp_path / "prose_tok"), check=True)
+    cfg = _e2e_config(tmp_path, tmp_path / "prose_tok", str(code / "*.jsonl"), tmp_path / "held_tok")
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    run_cli("--config", str(cfg), "--workdir", str(ref), check=True)
+    proc = run_cli("--config", str(cfg), "--workdir", str(killed), env={"JAXGROW_FAULT": "train_step:14"})
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert (killed / "data").is_dir()  # the raw 'code' source was tokenized into the workdir cache
+    run_cli("--config", str(cfg), "--workdir", str(killed), check=True)
+    a = json.loads((ref / "report.json").read_text())["members"]
+    b = json.loads((killed / "report.json").read_text())["members"]
+    assert [m["eval_loss"] for m in a] == [m["eval_loss"] for m in b]  # bitwise identical after resume
+    recs = [json.loads(ln) for ln in (ref / "metrics.jsonl").read_text().splitlines()]
+    mixed = [r for r in recs if "tokens_prose" in r]
+    assert mixed and all(r["tokens_prose"] > r["tokens_code"] > 0 for r in mixed)
+    last = mixed[-1]
+    assert abs(last["tokens_prose"] / (last["tokens_prose"] + last["tokens_code"]) - 0.7) < 0.02
+
+
+@pytest.mark.slow
+def test_import_hf_llama_expand_train_with_its_own_tokenizer(tmp_path, mistral_tokenizer):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf_cfg = transformers.LlamaConfig(vocab_size=32000, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, head_dim=16, tie_word_embeddings=False,
+                                      bos_token_id=1, eos_token_id=2)
+    hf_dir = tmp_path / "hf"
+    transformers.LlamaForCausalLM(hf_cfg).save_pretrained(str(hf_dir))
+    shutil.copyfile(mistral_tokenizer, hf_dir / "tokenizer.json")
+    files = write_formats(tmp_path / "text", make_docs(300, seed=31))
+    held = write_formats(tmp_path / "held", make_docs(40, seed=32))
+    run_cli("import", "--hf", str(hf_dir), "--workdir", str(tmp_path / "imported"), check=True)
+    grown = tmp_path / "grown.py"
+    grown.write_text(
+        "from jaxgrow.config import base_config, model_config\n\n"
+        "def get_config():\n"
+        "    c = base_config()\n"
+        "    c.model = model_config(vocab_size=32000, hidden_size=64, ffn_size=128, num_layers=2, num_heads=4,\n"
+        "                           num_kv_heads=2, head_dim=16, tie_embeddings=False, rope_theta=10000.0, norm_eps=1e-6)\n"
+        f"    c.data.train_files = {str(files['.jsonl.zst'])!r}\n"
+        f"    c.data.eval_files = {str(held['.parquet'])!r}\n"
+        "    c.data.bos_token = '<s>'\n"
+        "    c.data.seq_len, c.data.batch_size, c.data.eval_batches = 32, 8, 1\n"
+        "    c.budget.largest_tokens = 2_560\n"
+        "    c.log.progress = False\n"
+        "    return c\n")
+    run_cli("expand", "--config", str(grown), "--from", str(tmp_path / "imported" / "members" / "model"),
+            "--workdir", str(tmp_path / "run"), check=True)
+    run_cli("--config", str(grown), "--workdir", str(tmp_path / "run"), check=True)
+    assert (tmp_path / "run" / "tokenizer.json").read_text() == mistral_tokenizer.read_text()
+    manifest = json.loads(next((tmp_path / "run" / "data").glob("train_*/manifest.json")).read_text())
+    assert manifest["eos_token"] == "</s>" and manifest["bos_id"] == 1 and manifest["tokenizer_size"] == 32000
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert np.isfinite(report["members"][-1]["eval_loss"])
