@@ -35,7 +35,7 @@ LR_DECAYS = ("cosine", "linear", "wsd")
 RESUMABLE_KEYS = ("budget_scale", "budget.", "log.", "checkpoint.every_steps", "checkpoint.keep",
                   "checkpoint.async_save", "profile_steps", "allow_config_change", "mesh.",
                   "model.remat_policy", "model.attention_impl", "model.scan_unroll", "distributed",
-                  "data.eval_batches", "data.prefetch")
+                  "data.eval_batches", "data.prefetch", "data.workers", "data.tokenize_workers")
 
 
 class InputError(ValueError):
@@ -91,14 +91,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.budget.rule = "paper"        # paper: independent tokens ∝ size; progressive stages add up to the largest alone
 
     c.data = ml_collections.ConfigDict()
-    c.data.train_files = ""        # comma-separated globs of .txt / .jsonl; "" = the shipped Shakespeare corpus
+    c.data.train_files = ""        # a tokenized dir (jaxgrow tokenize) or comma-separated globs of .txt/.jsonl(.gz|.zst)/.parquet, local or gs://...; "" = the shipped Shakespeare corpus
     c.data.eval_files = ""         # held-out globs; "" = the shipped corpus's held-out works
     c.data.text_field = "text"     # field read from .jsonl lines
-    c.data.tokenizer = ""          # path to a tokenizers JSON; "" = train a byte-level BPE on train_files
+    c.data.tokenizer = ""          # a tokenizer.json (or a dir holding one), any HF tokenizer; "" = the tokenized dir's, else train a byte-level BPE
     c.data.seq_len = 128           # tokens per training sequence
     c.data.batch_size = 16         # global batch (sequences per step)
     c.data.eval_batches = 8        # eval batches per evaluation (fewer if the eval set is smaller)
     c.data.prefetch = 2            # batches prefetched to devices
+    c.data.eos_token = ""          # end-of-document token; "" = the first of <|endoftext|>, </s>, <|end_of_text|>, <eos> present
+    c.data.bos_token = ""          # token put before every document ("" = none; e.g. "<s>", "<|begin_of_text|>")
+    c.data.document_masking = False  # packed sequences attend only within their own document (segment ids from EOS)
+    c.data.workers = 0             # grain worker processes reading training windows (0 = read in the training process)
+    c.data.tokenize_workers = 1    # processes tokenizing raw train/eval text into the workdir cache
+    c.data.mixture = ml_collections.ConfigDict()  # name -> {weight, train_files, eval_files}; replaces train/eval_files
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.b1 = 0.9           # Adam beta1
@@ -276,6 +282,9 @@ def validate(config: ml_collections.ConfigDict) -> list[Member]:
     d = config.data
     for key in ("seq_len", "batch_size", "eval_batches", "prefetch"):
         _check(isinstance(d[key], int) and d[key] > 0, f"data.{key}={d[key]!r} must be a positive integer")
+    for key in ("workers", "tokenize_workers"):
+        _check(isinstance(d.get(key, 0), int) and d.get(key, 0) >= (1 if key == "tokenize_workers" else 0),
+               f"data.{key}={d.get(key)!r} must be an integer >= {1 if key == 'tokenize_workers' else 0}")
     o = config.optimizer
     _check(o.grad_accum_steps >= 1, f"optimizer.grad_accum_steps={o.grad_accum_steps} must be >= 1")
     _check(d.batch_size % o.grad_accum_steps == 0,

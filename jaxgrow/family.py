@@ -72,6 +72,11 @@ def prepare(cfg: Any, workdir: Path) -> Setup:
     return Setup(cfg, workdir, mesh, corpus, eval_batches, stages)
 
 
+def document_eos(cfg: Any, corpus: data.Corpus) -> int | None:
+    """The EOS id that separates documents when data.document_masking is on, else None."""
+    return corpus.eos_id if cfg.data.get("document_masking", False) else None
+
+
 def expand_state(setup: Setup, prev: StageBudget, stage: StageBudget, optimizer):
     """The first state of stage k: the previous member grown (randomness from seed and stage index)."""
     cfg = setup.cfg
@@ -112,7 +117,8 @@ def _run_one_stage(setup: Setup, stage: StageBudget, flops_before: float, steps_
     consistency = None
     if progressive and cfg.consistency.weight > 0:
         consistency = train.Consistency(prev.model, cfg.consistency.weight, stage.teacher_active_steps)
-    compiled = train.compile_stage(stage.model, cfg.optimizer, lr_schedule(cfg, stage), mesh, consistency=consistency)
+    compiled = train.compile_stage(stage.model, cfg.optimizer, lr_schedule(cfg, stage), mesh, consistency=consistency,
+                                   document_eos=document_eos(cfg, setup.corpus))
     optimizer, abstract = compiled.optimizer, compiled.abstract
 
     ckpts = checkpoint.Checkpoints(stage_dir(workdir, stage), keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
@@ -139,9 +145,12 @@ def _run_one_stage(setup: Setup, stage: StageBudget, flops_before: float, steps_
     else:
         teacher_params = None
 
-    dataset = data.train_dataset(setup.corpus.train, cfg.data.seq_len, cfg.data.batch_size, cfg.seed,
+    dataset = data.train_dataset(setup.corpus.train_sources, cfg.data.seq_len, cfg.data.batch_size, cfg.seed,
                                  jax.process_index(), jax.process_count())
-    data_iter = data.DeviceIterator(dataset, sharding.batch_sharding(mesh), cfg.data.prefetch, data_state)
+    data_iter = data.DeviceIterator(dataset, sharding.batch_sharding(mesh), cfg.data.prefetch, data_state,
+                                    workers=cfg.data.get("workers", 0), global_batch=cfg.data.batch_size,
+                                    mixture=[(s.name, s.weight) for s in setup.corpus.train_sources],
+                                    row_tokens=cfg.data.seq_len)
     per_step = tokens_per_step(cfg)
     spec = train.StageSpec(
         index=stage.index, name=stage.name, model_cfg=stage.model, steps=stage.steps, tokens_per_step=per_step,

@@ -8,6 +8,7 @@
     jaxgrow import --hf DIR --workdir W
     jaxgrow sample --workdir W [--member NAME | --all] --prompt "..." [--top_p P]
     jaxgrow sample --workdir W --member LARGE --draft SMALL [--gamma 4] --prompt "..."
+    jaxgrow tokenize --inputs GLOBS --out DIR [--tokenizer PATH | --vocab_size N] [--workers K]
     jaxgrow [COMMAND] --help
 
 `jaxgrow`, `python -m jaxgrow` and `python -m jaxgrow.main` are the same command. Each subcommand
@@ -57,6 +58,14 @@ flags.DEFINE_integer("gamma", 4, "Draft tokens proposed per target call (specula
 flags.DEFINE_bool("speculative", False, "Also measure each adjacent pair's draft acceptance rate.")
 flags.DEFINE_integer("max_position_embeddings", 0, "config.json value (0 = the model's RoPE-usable context).")
 flags.DEFINE_enum("export_dtype", "float32", ["float32", "bfloat16"], "Exported weight dtype.")
+flags.DEFINE_string("inputs", None, "Comma-separated globs of .txt/.jsonl/.jsonl.gz/.jsonl.zst/.parquet (local or gs://...).")
+flags.DEFINE_string("tokenizer", "", "A tokenizer.json (or a dir holding one); '' trains a byte-level BPE.")
+flags.DEFINE_integer("vocab_size", 0, "BPE size to train without --tokenizer; with it, an upper bound.")
+flags.DEFINE_string("text_field", "text", "JSON field / Parquet column holding the text.")
+flags.DEFINE_integer("workers", 1, "Tokenizer worker processes.")
+flags.DEFINE_string("eos_token", "", "End-of-document token ('' = <|endoftext|>, </s>, ... whichever exists).")
+flags.DEFINE_string("bos_token", "", "Token put before every document ('' = none).")
+flags.DEFINE_integer("shard_tokens", 1 << 26, "Tokens per shard file.")
 # Every flag defined above (a new one goes above this line and into COMMAND_FLAGS below).
 JAXGROW_FLAGS = frozenset(name for name in set(FLAGS) - _BEFORE if "." not in name)
 
@@ -70,6 +79,8 @@ COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "import": ("hf", "workdir"),
     "sample": ("workdir", "member", "all", "prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed",
                "draft", "draft_workdir", "gamma"),
+    "tokenize": ("inputs", "out", "tokenizer", "vocab_size", "text_field", "workers", "eos_token", "bos_token",
+                 "shard_tokens"),
 }
 COMMAND_HELP = {
     "train": "train (or resume) a family; writes checkpoints, metrics and report.md to --workdir",
@@ -78,7 +89,8 @@ COMMAND_HELP = {
     "evaluate": "held-out loss and multiple-choice accuracy of every finished member (writes eval.json)",
     "export": "write members as Hugging Face LlamaForCausalLM checkpoints",
     "import": "turn a Hugging Face Llama checkpoint into a one-member run (member 'model')",
-    "sample": "continue a prompt with members side by side",
+    "sample": "continue a prompt with members side by side (or speculatively, a smaller member drafting)",
+    "tokenize": "stream raw text (local or remote) into token shards with a manifest, for training at scale",
 }
 COMMANDS = tuple(COMMAND_FLAGS)
 HELP_FLAGS = ("--help", "-h", "--helpshort", "-help", "--helpfull")
@@ -180,6 +192,12 @@ def _workdir(required: bool = True) -> Path | None:
         if required:
             raise UsageError("--workdir is required")
         return None
+    from jaxgrow import storage  # noqa: PLC0415
+
+    storage.check_scheme(FLAGS.workdir, "--workdir")  # unknown scheme / missing fs package: exit 2, nothing written
+    if storage.is_remote(FLAGS.workdir):
+        raise UsageError(f"--workdir={FLAGS.workdir}: remote workdirs are not supported yet; give a local directory "
+                         "(data, tokenized shards and tokenizers may be remote)")
     return Path(FLAGS.workdir).expanduser().absolute()  # orbax needs absolute paths
 
 
@@ -336,8 +354,23 @@ def cmd_sample_speculative() -> int:
     return 0
 
 
+def cmd_tokenize(rest: list[str]) -> int:
+    from jaxgrow import tokenizing  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    manifest = tokenizing.run_command(FLAGS.inputs or "", FLAGS.out or "", FLAGS.tokenizer, FLAGS.vocab_size,
+                                      FLAGS.text_field, FLAGS.workers, FLAGS.eos_token, FLAGS.bos_token,
+                                      FLAGS.shard_tokens)
+    dt = time.perf_counter() - t0
+    print(f"jaxgrow: tokenized {len(manifest['sources'])} file(s), {manifest['documents']} documents, "
+          f"{manifest['total_tokens']} tokens ({manifest['dtype']}, {len(manifest['shards'])} shards) in {dt:.1f}s "
+          f"({manifest['total_tokens'] / max(dt, 1e-9):.0f} tokens/s) into {FLAGS.out}")
+    return 0
+
+
 HANDLERS = {"train": cmd_train, "expand": cmd_expand, "plan": cmd_plan, "evaluate": cmd_evaluate,
-            "export": cmd_export, "import": cmd_import, "sample": cmd_sample}
+            "export": cmd_export, "import": cmd_import, "sample": cmd_sample,
+            "tokenize": cmd_tokenize}
 POSITIONAL = ("evaluate",)  # commands that take positional arguments
 
 

@@ -91,23 +91,30 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return out.astype(x.dtype)
 
 
-def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-    """Causal GQA by explicit einsums. q: [B,T,H,d]; k, v: [B,T,K,d] -> [B,T,H,d]."""
+def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+    """Causal GQA by explicit einsums. q: [B,T,H,d]; k, v: [B,T,K,d] -> [B,T,H,d]. With segment_ids
+    [B,T], a position attends only to positions of its own segment (document masking)."""
     B, T, H, d = q.shape
     K = k.shape[2]
     qg = q.reshape(B, T, K, H // K, d)
     scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) / np.sqrt(d)
     mask = np.tril(np.ones((T, T), dtype=bool))
+    if segment_ids is not None:
+        mask = mask & (segment_ids[:, None, None, :, None] == segment_ids[:, None, None, None, :])
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     return out.reshape(B, T, H, d)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str) -> jax.Array:
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str, segment_ids: jax.Array | None = None) -> jax.Array:
     """Causal attention with the configured implementation (see config.ATTENTION_IMPLS)."""
     if impl == "reference":
-        return reference_attention(q, k, v)
+        return reference_attention(q, k, v, segment_ids)
+    if segment_ids is not None:  # document masking: causal AND same segment, as an explicit mask
+        same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+        return jax.nn.dot_product_attention(q, k, v, mask=same, is_causal=True,
+                                            implementation=None if impl == "auto" else "xla")
     if impl == "auto":
         impl = "cudnn" if (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)) else "xla"
     return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
@@ -158,7 +165,7 @@ class Block(nn.Module):
     cfg: ml_collections.FrozenConfigDict
 
     @nn.compact
-    def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array]):
+    def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array], segment_ids: jax.Array | None = None):
         cfg = self.cfg
         attn_norm = _Params(_group(cfg, "layers", "attn_norm"), name="attn_norm")()
         attn = _Params(_group(cfg, "layers", "attn"), name="attn")()
@@ -171,7 +178,7 @@ class Block(nn.Module):
         k = apply_rope(dense(h, attn["k_proj"].astype(h.dtype)), cos, sin)
         v = dense(h, attn["v_proj"].astype(h.dtype))
         q = sharding.constrain(q, ("batch", "length", "activation_heads", "head_dim"))
-        o = attention(q, k, v, cfg.attention_impl)
+        o = attention(q, k, v, cfg.attention_impl, segment_ids)
         x = x + dense(o, attn["o_proj"].astype(o.dtype), 2)
         x = sharding.constrain(x, ("batch", "length", "activation_embed"))
 
@@ -188,7 +195,7 @@ class Decoder(nn.Module):
     cfg: ml_collections.FrozenConfigDict
 
     @nn.compact
-    def __call__(self, tokens: jax.Array) -> jax.Array:
+    def __call__(self, tokens: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         embedding = _Params(_group(cfg, "embed"), name="embed")()["embedding"]
@@ -199,9 +206,9 @@ class Decoder(nn.Module):
         if cfg.remat_policy != "none":
             block = nn.remat(Block, policy=_REMAT[cfg.remat_policy], prevent_cse=False)
         stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                        in_axes=nn.broadcast, length=cfg.num_layers,
+                        in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
                         unroll=min(cfg.get("scan_unroll", 1), cfg.num_layers))
-        x, _ = stack(cfg, name="layers")(x, rope_tables(tokens.shape[1], cfg.head_dim, cfg.rope_theta))
+        x, _ = stack(cfg, name="layers")(x, rope_tables(tokens.shape[1], cfg.head_dim, cfg.rope_theta), segment_ids)
 
         x = rms_norm(x, _Params(_group(cfg, "final_norm"), name="final_norm")()["scale"], cfg.norm_eps)
         head = embedding.T if cfg.tie_embeddings else _Params(_group(cfg, "lm_head"), name="lm_head")()["kernel"]
@@ -230,9 +237,10 @@ def init_params(model_cfg: Any, key: jax.Array) -> dict:
 
 @functools.lru_cache(maxsize=64)
 def _logits_fn(cfg: ml_collections.FrozenConfigDict):
-    return jax.jit(lambda params, tokens: _module(cfg).apply({"params": params}, tokens))
+    return jax.jit(lambda params, tokens, segment_ids=None: _module(cfg).apply({"params": params}, tokens, segment_ids))
 
 
-def logits(params: dict, model_cfg: Any, tokens: jax.Array) -> jax.Array:
-    """tokens: [batch, seq] int32 -> next-token logits [batch, seq, vocab] float32."""
-    return _logits_fn(_frozen(model_cfg))(params, tokens)
+def logits(params: dict, model_cfg: Any, tokens: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+    """tokens: [batch, seq] int32 -> next-token logits [batch, seq, vocab] float32. segment_ids
+    [batch, seq] (optional): attention stays within equal ids (document masking)."""
+    return _logits_fn(_frozen(model_cfg))(params, tokens, segment_ids)

@@ -42,7 +42,9 @@ def compile_train_step(cfg: Any, stage: StageBudget, mesh: jax.sharding.Mesh, pr
     consistency = None
     if prev is not None and cfg.mode == "progressive" and cfg.consistency.weight > 0:
         consistency = train.Consistency(prev.model, cfg.consistency.weight, stage.teacher_active_steps)
-    compiled = train.compile_stage(stage.model, cfg.optimizer, lr_schedule(cfg, stage), mesh, consistency=consistency)
+    # document masking adds the segment-id mask to the step; any EOS id gives the same program shape
+    compiled = train.compile_stage(stage.model, cfg.optimizer, lr_schedule(cfg, stage), mesh, consistency=consistency,
+                                   document_eos=0 if cfg.data.get("document_masking", False) else None)
     return compiled.abstract, compiled.lower(cfg.data.batch_size, cfg.data.seq_len).compile()
 
 

@@ -1,18 +1,130 @@
-"""Atomic file writes: a reader sees the old file or the new one, never a half-written one."""
+"""Paths for local and object-store storage through `etils.epath` (what orbax uses), and atomic writes.
+
+`as_path("gs://bucket/run")` returns an epath.Path backed by fsspec (gcsfs); a local path comes back
+absolute (orbax refuses relative ones). A scheme etils does not know, or a known scheme whose fsspec
+package is not installed, is an InputError naming the field, raised before anything is written.
+
+Atomic writes: locally a temporary sibling is renamed over the target (rename is atomic on POSIX);
+on an object store an object becomes visible only when its upload completes (a single PUT or a
+completed multi-part upload), so writing the object directly is already all-or-nothing.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
+import re
+import uuid
 from pathlib import Path
+from typing import IO, Iterator
+
+from etils import epath
+
+from jaxgrow.config import InputError
+
+# scheme -> the fsspec implementation etils' fsspec backend needs (the `.[gcs]` / `.[s3]` extras)
+SCHEME_PACKAGES = {"gs": "gcsfs", "s3": "s3fs", "az": "adlfs", "hf": "huggingface_hub"}
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Writes `data` to a temporary sibling, then renames it over `path` (atomic on POSIX)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+class StorageError(InputError):
+    """A path that cannot be used: unknown scheme, missing filesystem package."""
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def scheme(path: str | os.PathLike) -> str:
+    """'' for a local path, else the URL scheme ('gs', 's3', ...)."""
+    m = _SCHEME.match(str(path))
+    return m.group(1).lower() if m else ""
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    return scheme(path) != ""
+
+
+def check_scheme(path: str | os.PathLike, field: str) -> None:
+    """Raises StorageError unless `path` is local or a known scheme whose package is importable."""
+    s = scheme(path)
+    if not s:
+        return
+    if s not in SCHEME_PACKAGES:
+        raise StorageError(f"{field}={path}: unknown URL scheme {s + '://'!r}; valid: a local path or "
+                           + ", ".join(f"{k}://" for k in SCHEME_PACKAGES))
+    package = SCHEME_PACKAGES[s]
+    if importlib.util.find_spec(package) is None:
+        raise StorageError(f"{field}={path}: {s}:// needs the {package} package; "
+                           f"pip install {package} (or jaxgrow[{s}])")
+
+
+def as_path(path: str | os.PathLike, field: str = "path") -> epath.Path:
+    """A checked epath.Path: local paths are made absolute (user home expanded)."""
+    text = os.fspath(path) if not isinstance(path, epath.Path) else str(path)
+    check_scheme(text, field)
+    if is_remote(text):
+        return epath.Path(text)
+    return epath.Path(Path(text).expanduser().absolute())
+
+
+def local_path(path: epath.Path | str) -> Path | None:
+    """The pathlib.Path of a local path, None for a remote one."""
+    return None if is_remote(path) else Path(str(path))
+
+
+@contextlib.contextmanager
+def atomic_open(path: epath.Path | str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Opens `path` for writing so that readers see either nothing or the whole file.
+
+    Local: write `<name>.tmp-<uuid>` beside it, fsync, rename. Remote: the object store commits the
+    object when the upload completes; an exception aborts the upload (fsspec discards the buffer).
+    """
+    assert mode in ("wb", "w"), mode
+    if is_remote(path):
+        f = epath.Path(str(path)).open(mode)
+        try:
+            yield f
+        except BaseException:
+            raw = getattr(f, "buffer", f)  # text mode wraps the fsspec file
+            if hasattr(raw, "discard"):
+                raw.discard()  # abort the upload: the object never appears
+            else:
+                f.close()
+            raise
+        f.close()
+        return
+    p = Path(os.fspath(path))
+    tmp = p.with_name(f"{p.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Writes `data` to `path` (local or remote) all-or-nothing."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path, data: str) -> None:
+    """Writes UTF-8 `data` to `path` (local or remote) all-or-nothing."""
+    atomic_write_bytes(path, data.encode("utf-8"))
+
+
+def glob(pattern: str, field: str) -> list[epath.Path]:
+    """Sorted matches of a glob, local or remote (`gs://bucket/dir/*.jsonl.gz`)."""
+    check_scheme(pattern, field)
+    if not is_remote(pattern):
+        import glob as globlib  # noqa: PLC0415
+
+        return [epath.Path(Path(m).absolute()) for m in sorted(globlib.glob(os.path.expanduser(pattern), recursive=True))]
+    import fsspec  # noqa: PLC0415
+
+    fs, _, _ = fsspec.get_fs_token_paths(pattern)
+    prefix = scheme(pattern) + "://"
+    matches = fs.glob(pattern) if any(c in pattern for c in "*?[") else ([pattern] if fs.exists(pattern) else [])
+    return [epath.Path(m if m.startswith(prefix) else prefix + m) for m in sorted(matches)]

@@ -87,18 +87,20 @@ class Consistency:
 
 def make_train_step(model_cfg: Any, optimizer: optax.GradientTransformation,
                     schedule: Callable, *, grad_accum_steps: int = 1,
-                    consistency: Consistency | None = None) -> Callable:
-    """(state, batch[B, T+1], teacher_params | None) -> (state, metrics). Pure; jit it."""
+                    consistency: Consistency | None = None, document_eos: int | None = None) -> Callable:
+    """(state, batch[B, T+1], teacher_params | None) -> (state, metrics). Pure; jit it.
+    document_eos: with an EOS id, packed documents do not attend to each other (data.document_masking)."""
 
     def loss_fn(params, tokens, teacher_params, weight):
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
-        out = model.logits(params, model_cfg, inputs)
+        segments = None if document_eos is None else data_segment_ids(inputs, document_eos)
+        out = model.logits(params, model_cfg, inputs, segments)
         ce = cross_entropy(out, targets)
         if consistency is None:
             return ce, (ce, jnp.float32(0.0))
 
         def with_teacher():
-            teacher = model.logits(teacher_params, consistency.teacher_cfg, inputs)
+            teacher = model.logits(teacher_params, consistency.teacher_cfg, inputs, segments)
             return kl_divergence(jax.lax.stop_gradient(teacher), out)
 
         kl = jax.lax.cond(weight > 0, with_teacher, lambda: jnp.float32(0.0))
@@ -138,15 +140,22 @@ def make_train_step(model_cfg: Any, optimizer: optax.GradientTransformation,
     return step_fn
 
 
-def make_eval_step(model_cfg: Any) -> Callable:
+def make_eval_step(model_cfg: Any, document_eos: int | None = None) -> Callable:
     """(params, batch[B, T+1]) -> summed token NLL and token count, for exact averaging."""
 
     def eval_fn(params, batch):
-        out = model.logits(params, model_cfg, batch[:, :-1])
+        segments = None if document_eos is None else data_segment_ids(batch[:, :-1], document_eos)
+        out = model.logits(params, model_cfg, batch[:, :-1], segments)
         nll = optax.softmax_cross_entropy_with_integer_labels(out, batch[:, 1:])
         return jnp.sum(nll), jnp.float32(nll.size)
 
     return eval_fn
+
+
+def data_segment_ids(tokens: jax.Array, eos_id: int) -> jax.Array:
+    """Document index per position: +1 after every EOS (the EOS stays with the document it ends)."""
+    is_eos = (tokens == eos_id).astype(jnp.int32)
+    return jnp.cumsum(is_eos, axis=-1) - is_eos
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,22 +232,23 @@ class CompiledStage:
 
 
 def compile_stage(model_cfg: Any, opt_cfg: Any, schedule: Callable, mesh: jax.sharding.Mesh, *,
-                  consistency: Consistency | None = None) -> CompiledStage:
+                  consistency: Consistency | None = None, document_eos: int | None = None) -> CompiledStage:
     """The optimizer, abstract sharded state and jitted train/eval steps of one stage.
 
     opt_cfg: config.optimizer (its grad_accum_steps sets the micro-batches). consistency: the
     frozen teacher's KL term; the teacher's params are then the train step's third argument,
-    sharded like its own layout.
+    sharded like its own layout. document_eos: with an EOS id, packed documents do not attend to
+    each other (data.document_masking).
     """
     optimizer = make_optimizer(opt_cfg, model_cfg)
     abstract = abstract_state(model_cfg, optimizer, mesh)
     shardings = jax.tree.map(lambda x: x.sharding, abstract)
     step_fn = make_train_step(model_cfg, optimizer, schedule, grad_accum_steps=opt_cfg.grad_accum_steps,
-                              consistency=consistency)
+                              consistency=consistency, document_eos=document_eos)
     teacher_shardings = sharding.param_shardings(consistency.teacher_cfg, mesh) if consistency else None
     return CompiledStage(model_cfg=model_cfg, optimizer=optimizer, abstract=abstract, shardings=shardings, mesh=mesh,
                          train_step=jit_train_step(step_fn, shardings, mesh, teacher_shardings),
-                         eval_step=jax.jit(make_eval_step(model_cfg)), teacher_shardings=teacher_shardings,
+                         eval_step=jax.jit(make_eval_step(model_cfg, document_eos)), teacher_shardings=teacher_shardings,
                          teacher_cfg=consistency.teacher_cfg if consistency else None)
 
 
@@ -332,6 +342,7 @@ def run_stage(spec: StageSpec, state: TrainState, train_step: Callable, eval_ste
                           tokens_per_sec=tps, train_flops=spec.flops_at(done))
             if teacher_params is not None:
                 record.update(consistency_kl=float(m["consistency_kl"]), consistency_weight=float(m["consistency_weight"]))
+            record.update(getattr(data_iter, "log_fields", dict)())  # tokens per mixture source
             if int(m["nonfinite_steps"]):
                 record["nonfinite_steps"] = int(m["nonfinite_steps"])
             metrics_log.write(record)

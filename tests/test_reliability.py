@@ -164,7 +164,7 @@ def _bad_inputs(tmp: Path) -> list[tuple[tuple, str]]:
         (("--config", F, f"--config.data.train_files={binary}", f"--config.data.eval_files={short}"), f"data.train_files: {binary} is binary"),
         (("--config", F, f"--config.data.eval_files={short}", f"--config.data.train_files={REPO / 'README.md'}"), "has suffix '.md'"),
         (("--config", F, f"--config.data.train_files={tmp / 'train.txt'}", f"--config.data.eval_files={short}"), "shorter than one sequence"),
-        (("--config", F, f"--config.data.tokenizer={tok_path}"), f"data.tokenizer: {tok_path} has vocab size 300 but model.vocab_size=2048"),
+        (("--config", F, f"--config.data.tokenizer={tok_path}", "--config.model.vocab_size=299"), f"data.tokenizer: {tok_path} has 300 tokens but model.vocab_size=299"),
         (("--config", F, "--config.expansion.method=net2wider"), "expansion.method='net2wider' must be one of"),
         (("--config", F, "--config.mesh.fsdp=3"), "but there are 1 devices"),
         (("--config", F, "--config.model.dtype=float16"), "model.dtype='float16' must be one of"),
