@@ -523,12 +523,9 @@ def task_metrics(task: str, items: list[Item], lls: list[np.ndarray], greedy: li
             out["acc"], out["acc_stderr"] = float(np.mean(hits)), mean_stderr(hits)
         out["bits_per_byte"], out["bits_per_byte_stderr"] = bits_per_byte(ll, n_bytes)
         for it, v, g, nb in zip(items, ll, greedy, n_bytes):
-            rec = {"id": it.id, "loglik": [float(v)], "bytes": int(nb)}
-            if spec.kind == "greedy_bpb":
-                rec.update(pred=bool(g[0]), gold=it.continuations[0])
-            else:
-                rec["gold"] = it.continuations[0]
-            samples.append(rec)
+            # pred: whether greedy decoding reproduces the gold continuation
+            samples.append({"id": it.id, "loglik": [float(v)], "bytes": int(nb), "pred": bool(g[0]),
+                            "gold": it.continuations[0]})
     return out, samples
 
 

@@ -83,7 +83,10 @@ def evaluate_members(workdir: Path, task_files: list[str]) -> dict:
     if not result["members"]:
         raise config_lib.InputError(f"--workdir={workdir} holds no finished member; train the family first")
     if jax.process_index() == 0:
+        from jaxgrow import benchmarks  # noqa: PLC0415  (keep --suite results already in eval.json)
+
+        merged = dict(benchmarks.merge_eval_json(workdir, result["members"]), convention=result["convention"])
         tmp = Path(workdir, "eval.json.tmp")
-        tmp.write_text(json.dumps(result, indent=2))
+        tmp.write_text(json.dumps(merged, indent=2))
         os.replace(tmp, Path(workdir, "eval.json"))
     return result
