@@ -102,7 +102,7 @@ def _parity_items(short: bool):
     if short:  # left truncation: long few-shot contexts cut to the last max_length tokens
         return {"winogrande": benchmarks.load_items("winogrande", 2, 3, root),
                 "mmlu": benchmarks.load_items("mmlu", 2, 2, root)[:4],
-                "gsm8k": benchmarks.load_items("gsm8k", 0, 2, root)}
+                "lambada": benchmarks.load_items("lambada", 0, 3, root)}
     picks = {"hellaswag": benchmarks.load_items("hellaswag", 1, 3, root),
              "arc_easy": benchmarks.load_items("arc_easy", 0, 3, root),
              "piqa": benchmarks.load_items("piqa", 0, 3, root),
