@@ -162,7 +162,8 @@ def parse_suites(spec: str) -> dict[str, tuple[str, ...]]:
 
 def check_args(limit: int | None, shots: int, field: str = "--") -> None:
     if limit is not None and limit <= 0:
-        raise BenchmarkError(f"{field}limit={limit} must be > 0 (items per task; omit it for the whole task)")
+        hint = "; omit it for the whole task" if field == "--" else ""
+        raise BenchmarkError(f"{field}limit={limit} must be > 0 (items per task{hint})")
     if shots < 0:
         raise BenchmarkError(f"{field}shots={shots} must be >= 0")
 
