@@ -5,7 +5,6 @@ import json
 import math
 import os
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
