@@ -40,6 +40,8 @@ flags.DEFINE_float("fixed_lr", 0.0, "fixed_lr arm's constant peak LR (0: the ada
 flags.DEFINE_float("consistency_weight", 0.5, "consistency arm: KL weight")
 flags.DEFINE_float("consistency_fraction", 0.5, "consistency arm: fraction of each stage with the KL term")
 flags.DEFINE_integer("task_items", 200, "items in the generated multiple-choice task")
+flags.DEFINE_string("bench_suite", "core", "standard benchmarks per member per arm (jaxgrow/benchmarks.py; '' = off)")
+flags.DEFINE_integer("bench_limit", 100, "items per benchmark task (MMLU: per subject); 0 = all")
 FLAGS = flags.FLAGS
 
 
@@ -71,7 +73,50 @@ def run_arm(arm: str, cfg, workdir: Path, tasks: Path) -> dict:
         family.write_report(setup)
         commands.evaluate_members(workdir, [str(tasks)])
         print(f"[{arm}] trained and evaluated in {time.perf_counter() - t0:.0f}s", flush=True)
+    run_benchmarks(arm, workdir)
     return {"report": json.loads(done.read_text()), "eval": json.loads((workdir / "eval.json").read_text())}
+
+
+def run_benchmarks(arm: str, workdir: Path) -> None:
+    """The standard suite for every member of the arm (skipped when eval.json already has it)."""
+    from jaxgrow import benchmarks  # noqa: PLC0415
+
+    if not FLAGS.bench_suite:
+        return
+    suites = benchmarks.parse_suites(FLAGS.bench_suite)
+    members = json.loads((workdir / "eval.json").read_text())["members"]
+    if all(all(t in m.get(s, {}) for s, ts in suites.items() for t in ts) for m in members.values()):
+        return
+    t0 = time.perf_counter()
+    benchmarks.evaluate_workdir(workdir, FLAGS.bench_suite, limit=FLAGS.bench_limit or None, progress=False)
+    print(f"[{arm}] benchmarks {FLAGS.bench_suite} in {time.perf_counter() - t0:.0f}s", flush=True)
+
+
+def benchmark_comparison(results: dict) -> dict:
+    """member -> arm -> suite -> task -> metrics (with standard errors), from each arm's eval.json."""
+    out: dict = {}
+    for arm, r in results.items():
+        for name, entry in r["eval"]["members"].items():
+            suites = {k: v for k, v in entry.items() if k in ("core", "math")}
+            if suites:
+                out.setdefault(name, {})[arm] = suites
+    return out
+
+
+def benchmark_markdown(c: dict) -> list[str]:
+    from jaxgrow import benchmarks  # noqa: PLC0415
+
+    lines = []
+    for name, arms in c.get("benchmarks", {}).items():
+        cols = [(s, t) for s in benchmarks.SUITES for t in benchmarks.SUITES[s]
+                if any(t in a.get(s, {}) for a in arms.values())]
+        lines += ["", f"Standard benchmarks, member {name} (primary metric ± standard error):", "",
+                  "| arm | " + " | ".join(f"{t} {benchmarks.PRIMARY[t]}" for _, t in cols) + " |",
+                  "|---|" + "---:|" * len(cols)]
+        for arm, suites in arms.items():
+            lines.append(f"| {arm} | " + " | ".join(benchmarks._cell(suites.get(s, {}).get(t), benchmarks.PRIMARY[t])
+                                                   for s, t in cols) + " |")
+    return lines
 
 
 def write_tasks(cfg, path: Path) -> None:
@@ -114,6 +159,7 @@ def compare(results: dict) -> dict:
         "total_train_flops": total,
         "kl_definition": "mean over adjacent pairs (k, k+1) of per-token KL(p_k || p_k+1) on the held-out batches, nats",
         "task": "acc_norm on a 4-way 'which continuation follows this passage' task from the held-out text",
+        "benchmarks": benchmark_comparison(results),
     }
 
 
@@ -136,6 +182,7 @@ def markdown(c: dict) -> str:
             "| member | " + " | ".join(arms) + " |", "|---|" + "---:|" * len(arms)]
     for m in c["members"]:
         out.append(f"| {m['name']} | " + " | ".join(f"{m['task_accuracy'][a]:.3f}" for a in arms) + " |")
+    out += benchmark_markdown(c)
     return "\n".join(out) + "\n"
 
 

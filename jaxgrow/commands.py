@@ -98,7 +98,10 @@ def evaluate_members(workdir: Path, task_files: list[str]) -> dict:
     if not result["members"]:
         raise config_lib.InputError(f"--workdir={workdir} holds no finished member; train the family first")
     if jax.process_index() == 0:
-        storage.atomic_write_text(Path(workdir, "eval.json"), json.dumps(result, indent=2))
+        from jaxgrow import benchmarks  # noqa: PLC0415  (keep --suite results already in eval.json)
+
+        merged = dict(benchmarks.merge_eval_json(workdir, result["members"]), convention=result["convention"])
+        storage.atomic_write_text(Path(workdir, "eval.json"), json.dumps(merged, indent=2))
     return result
 
 

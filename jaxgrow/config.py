@@ -35,7 +35,7 @@ LR_DECAYS = ("cosine", "linear", "wsd")
 RESUMABLE_KEYS = ("budget_scale", "budget.", "log.", "checkpoint.every_steps", "checkpoint.keep",
                   "checkpoint.async_save", "profile_steps", "allow_config_change", "mesh.",
                   "model.remat_policy", "model.attention_impl", "model.scan_unroll", "distributed",
-                  "data.eval_batches", "data.prefetch", "data.workers", "data.tokenize_workers")
+                  "data.eval_batches", "data.prefetch", "data.workers", "data.tokenize_workers", "eval.")
 
 
 class InputError(ValueError):
@@ -151,6 +151,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.log.every_steps = 10         # metrics.jsonl / TensorBoard interval (the loop syncs with the host only here)
     c.log.eval_every_steps = 50    # held-out eval interval (and always at the end of a stage)
     c.log.progress = True          # tqdm progress bar on the terminal
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.suite = ""              # standard benchmarks during training (jaxgrow/benchmarks.py): "" = off, core | math | tasks
+    c.eval.limit = 50              # items per task (MMLU: per subject) for the in-loop suite
+    c.eval.shots = 0               # few-shot examples per item
+    c.eval.every_steps = 0         # run it every N steps (0: only at the end of each stage)
     return c
 
 

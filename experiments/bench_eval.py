@@ -1,0 +1,119 @@
+"""Benchmark-scoring speed, measured in one process.
+
+    python experiments/bench_eval.py --config configs/family_cpu.py [--member NAME] [--limit 5] [--suite core]
+        [--workdir W]   # score W's trained member instead of a randomly initialised one
+
+Prints (all measured in this run, on the items of `--suite` limited to `--limit` per task, MMLU per subject):
+  items/s, requests/s   per task and overall, timed on a second pass after a warm-up pass compiled every shape
+  model FLOP/s          analytic forward FLOPs (jaxgrow/flops.py) of the real (unpadded) input tokens / time
+  matmul FLOP/s         a dense n x n matmul in the same process (4096 f32 on CPU, 8192 bf16 elsewhere)
+  ratio                 model FLOP/s / matmul FLOP/s
+Without --workdir the member is randomly initialised with the member's exact shape: speed does not
+depend on the weights, and the tokenizer is trained on the config's corpus as a run would.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from jaxgrow import benchmarks, budgets, config as config_lib, data, flops, model, sharding  # noqa: E402
+from jaxgrow import workdir as workdir_lib  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "run config", lock_config=True)
+flags.DEFINE_string("member", None, "member to benchmark (default: the largest)")
+flags.DEFINE_string("suite", "core", "suite or tasks")
+flags.DEFINE_integer("limit", 5, "items per task (MMLU: per subject)")
+flags.DEFINE_string("workdir", None, "score this run's trained member (default: random init)")
+flags.DEFINE_integer("matmul_n", 0, "matmul size (0: 4096 on CPU, 8192 elsewhere)")
+flags.DEFINE_string("json_out", None, "also write the numbers as JSON here")
+FLAGS = flags.FLAGS
+
+
+def matmul_flops_per_sec(n: int, dtype) -> float:
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+    f = jax.jit(lambda x, y: x @ y)
+    jax.block_until_ready(f(a, b))
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(a, b))
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n ** 3 / float(np.median(times))
+
+
+def main(_):
+    cfg = _CONFIG.value
+    config_lib.validate(cfg)
+    stages = budgets.budgets(cfg)
+    stage = stages[-1] if FLAGS.member is None else next(s for s in stages if s.name == FLAGS.member)
+    m = stage.model
+    platform = jax.devices()[0].platform
+    mesh = sharding.make_mesh(cfg.mesh)
+    if FLAGS.workdir:
+        params = workdir_lib.member_params(Path(FLAGS.workdir).absolute(), stage, mesh)
+        tok = benchmarks.workdir_tokenizer(cfg, Path(FLAGS.workdir))
+        source = f"trained member from {FLAGS.workdir}"
+    else:
+        params = model.init_params(m, jax.random.key(0))
+        params = jax.device_put(params, sharding.tree_shardings(params, m, mesh))
+        tok = data.prepare(cfg.data, cfg.model.vocab_size, None).tokenizer
+        source = "randomly initialised (same shape)"
+    suites = benchmarks.parse_suites(FLAGS.suite)
+    tasks = [t for ts in suites.values() for t in ts]
+    items = {t: benchmarks.load_items(t, 0, FLAGS.limit) for t in tasks}
+
+    per_task, total_s, total_items, total_req, total_flops = {}, 0.0, 0, 0, 0.0
+    for t in tasks:
+        requests = [(c, x) for it in items[t] for c, x in zip(it.contexts, it.continuations)]
+        rows = benchmarks._rows(benchmarks.encode_requests(tok, requests), benchmarks.MAX_LENGTH)
+        task_flops = sum(len(r.inputs) * flops.forward_flops_per_token(m, len(r.inputs)) for r in rows)
+        benchmarks.score_task(params, m, tok, t, items[t], mesh, progress=False)  # warm-up: compiles every shape
+        t0 = time.perf_counter()
+        metrics, _ = benchmarks.score_task(params, m, tok, t, items[t], mesh, progress=False)
+        dt = time.perf_counter() - t0
+        per_task[t] = {"items": len(items[t]), "requests": len(requests), "rows": len(rows), "seconds": dt,
+                       "items_per_s": len(items[t]) / dt, "model_flops_per_s": task_flops / dt}
+        total_s += dt
+        total_items += len(items[t])
+        total_req += len(requests)
+        total_flops += task_flops
+    mm_dtype = jnp.float32 if platform == "cpu" else jnp.bfloat16
+    n = FLAGS.matmul_n or (4096 if platform == "cpu" else 8192)
+    mm = matmul_flops_per_sec(n, mm_dtype)
+    model_fps = total_flops / total_s
+
+    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} ({platform}); mesh {dict(mesh.shape)}")
+    print(f"member {stage.name}: {stage.params / 1e6:.2f}M params, D={m.hidden_size} F={m.ffn_size} L={m.num_layers} "
+          f"H={m.num_heads} K={m.num_kv_heads} d={m.head_dim}, dtype {m.dtype}; {source}")
+    print(f"suite {FLAGS.suite}, --limit {FLAGS.limit} per task (MMLU per subject), zero-shot; timed pass after a "
+          "warm-up pass")
+    for t, r in per_task.items():
+        print(f"  {t:14s} {r['items']:5d} items {r['requests']:6d} requests {r['rows']:6d} rows  {r['seconds']:7.2f}s  "
+              f"{r['items_per_s']:8.1f} items/s  {r['model_flops_per_s'] / 1e9:7.2f} GFLOP/s")
+    print(f"total: {total_items} items, {total_req} requests in {total_s:.2f}s: {total_items / total_s:.1f} items/s, "
+          f"{total_req / total_s:.1f} requests/s")
+    print(f"model (forward, unpadded tokens): {model_fps / 1e9:.2f} GFLOP/s")
+    print(f"matmul {n}x{n} {jnp.dtype(mm_dtype).name}: {mm / 1e9:.1f} GFLOP/s")
+    print(f"ratio model/matmul: {model_fps / mm:.3f}")
+    if FLAGS.json_out:
+        Path(FLAGS.json_out).write_text(json.dumps({
+            "device": jax.devices()[0].device_kind, "platform": platform, "member": stage.name, "source": source,
+            "suite": FLAGS.suite, "limit": FLAGS.limit, "per_task": per_task, "items_per_s": total_items / total_s,
+            "requests_per_s": total_req / total_s, "model_flops_per_s": model_fps, "matmul_flops_per_s": mm,
+            "ratio": model_fps / mm}, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)
