@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jaxgrow import checkpoint, config as config_lib, data, expand, faults, flops, schedules, sharding, train
+from jaxgrow import passes
 
 log = logging.getLogger("jaxgrow")
 
@@ -186,6 +187,10 @@ def prepare(cfg: Any, workdir: Path) -> Setup:
     write_config(cfg, workdir)
     if jax.process_index() == 0:
         data.save_cache(corpus, workdir)
+    warning = passes.repeat_warning([s.name for s in stages], passes.epochs_per_member(
+        stages, cfg.mode, cfg.data.batch_size, len(corpus.train), cfg.data.seq_len), len(corpus.train))
+    if warning:
+        log.warning("%s", warning)
     host_batches = data.eval_batches(corpus.eval, cfg.data.seq_len, cfg.data.batch_size, cfg.data.eval_batches,
                                      jax.process_index(), jax.process_count())
     batch_sharding = sharding.batch_sharding(mesh)
@@ -353,6 +358,9 @@ def write_report(setup: Setup) -> dict:
                 ev["kl_to_next"], ev["kl_from_next"] = evaluate.kl_between(
                     params[i], s.model, params[i + 1], stages[i + 1].model, setup.eval_batches)
             evals.append(ev)
+    epochs = passes.epochs_per_member(stages, cfg.mode, cfg.data.batch_size, len(setup.corpus.train), cfg.data.seq_len)
+    for ev, e in zip(evals, epochs):
+        ev["epochs"] = e
     result = report.build(cfg, stages, evals, budgets(cfg, "independent"))
     if jax.process_index() == 0:
         report.write(setup.workdir, result, stages, [lr_schedule(cfg, s) for s in stages])

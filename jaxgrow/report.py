@@ -37,7 +37,7 @@ def build(cfg: Any, stages: list, member_evals: list[dict], independent_stages: 
             "steps": s.steps, "train_flops": s.train_flops, "cumulative_train_flops": cumulative,
             "train_flops_per_token": s.train_flops_per_token, "eval_loss": ev["eval_loss"],
             "eval_ppl": float(np.exp(min(ev["eval_loss"], 50.0))), "kl_to_next": ev["kl_to_next"],
-            "kl_from_next": ev["kl_from_next"],
+            "kl_from_next": ev["kl_from_next"], "epochs": ev.get("epochs"),
         })
     return {
         "mode": cfg.mode, "flops_convention": flops.CONVENTION, "total_train_flops": total,
@@ -61,6 +61,10 @@ def markdown(report: dict) -> str:
         lines.append(f"| {m['name']} | {m['params']:,} | {m['non_embedding_params']:,} | {m['tokens']:,} | "
                      f"{m['train_flops']:.3g} | {m['eval_loss']:.4f} | {m['eval_ppl']:.2f} | "
                      f"{fmt(m['kl_to_next'])} | {fmt(m['kl_from_next'])} |")
+    if any(m.get("epochs") is not None for m in report["members"]):
+        lines += ["", "Epochs (passes over the training stream seen by each member's weights; a progressive member "
+                  "counts its whole lineage): " + ", ".join(f"{m['name']} {m['epochs']:.2f}" for m in report["members"]
+                                                            if m.get("epochs") is not None)]
     return "\n".join(lines) + "\n"
 
 
