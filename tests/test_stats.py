@@ -172,3 +172,45 @@ def test_reproduce_paper_with_seeds_writes_claims_with_intervals(tmp_path):
         assert cl["verdict"] in stats.VERDICTS and len(cl["ci95"]) == 2 and len(cl["per_seed"]) == 2
     md = (tmp_path / "comparison.md").read_text()
     assert "±" in md and "Claims" in md and (tmp_path / "comparison.png").stat().st_size > 0
+
+
+def _fake_run(losses, kl, flops, epochs, acc):
+    members = [{"name": f"m{i}", "eval_loss": l, "kl_to_next": kl if i < len(losses) - 1 else None,
+                "kl_from_next": None, "eval_ppl": float(np.exp(l)), "epochs": e, "train_flops": f}
+               for i, (l, e, f) in enumerate(zip(losses, epochs, flops))]
+    return {"report": {"members": members, "total_train_flops": float(sum(flops)), "lr_rule": "power",
+                       "expansion": {"method": "zero"}},
+            "eval": {"members": {f"m{i}": {"eval_loss": l, "tasks": {"cont": {"acc_norm": acc, "n": 8}}}
+                                 for i, l in enumerate(losses)}}}
+
+
+def test_compare_pairs_arms_by_seed_and_decides_each_claim(tmp_path):
+    sys.path.insert(0, str(REPO / "experiments"))
+    import reproduce_paper  # noqa: PLC0415
+
+    seeds = [0, 1, 2]
+    shift = {0: 0.0, 1: 0.3, 2: -0.2}  # seed effect shared by the arms
+    results = {
+        "progressive": {s: _fake_run([5 + shift[s], 4.50 + shift[s]], 0.40 + shift[s] / 10, [1, 2], [0.1, 0.4], 0.3)
+                        for s in seeds},
+        "fixed_lr": {s: _fake_run([5 + shift[s], 4.40 + shift[s] + 0.001 * s], 0.5, [1, 2], [0.1, 0.4], 0.3)
+                     for s in seeds},
+        "independent": {s: _fake_run([5 + shift[s], 4.52 + shift[s] + 0.001 * s], 0.45 + shift[s] / 10, [1, 3],
+                                     [0.1, 0.3], 0.25) for s in seeds},
+    }
+    c = reproduce_paper.compare(results, seeds)
+    claims = {cl["name"]: cl for cl in c["claims"]}
+    # 1 - 3/4 = 25% saved; progressive's m1 is ~0.4% below independent: met (interval below the 0.5% margin)
+    assert c["flops_saved_fraction"]["progressive"] == pytest.approx(0.25)
+    assert claims["compute_saved_at_comparable_quality (progressive)"]["verdict"] == "met"
+    # progressive is 0.05 worse than fixed on mean loss in every seed: not met
+    lr = claims["adaptive_lr_better_than_fixed"]
+    assert lr["verdict"] == "not_met" and lr["mean_paired_difference"] == pytest.approx(0.05 - 0.0005, abs=1e-3)
+    assert claims["lower_adjacent_kl (progressive)"]["verdict"] == "met"  # 0.05 lower in every seed
+    row = c["members"][1]["arms"]["independent"]
+    assert row["eval_loss_mean"] == pytest.approx(np.mean([4.52 + shift[s] + 0.001 * s for s in seeds]))
+    assert row["epochs"] == pytest.approx(0.3) and row["tasks/cont/acc_norm_mean"] == pytest.approx(0.25)
+    md = reproduce_paper.markdown(c)
+    assert "**met**" in md and "**not_met**" in md and "tasks/cont/acc_norm" in md
+    reproduce_paper.plot(c, tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 1000
