@@ -214,3 +214,20 @@ def test_compare_pairs_arms_by_seed_and_decides_each_claim(tmp_path):
     assert "**met**" in md and "**not_met**" in md and "tasks/cont/acc_norm" in md
     reproduce_paper.plot(c, tmp_path / "c.png")
     assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_lr_sweep_fits_a_rule_that_reproduce_paper_accepts(tmp_path):
+    out = tmp_path / "rule.json"
+    proc = _script("lr_sweep.py", "--config", "configs/repro_small.py", "--workdir", str(tmp_path / "sweep"),
+                   "--config.budget_scale=0.03", "--config.data.eval_batches=2", "--num_lrs=2", "--lr_min=1e-3",
+                   "--lr_max=1e-2", "--rule=power", f"--out={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rule = json.loads(out.read_text())
+    assert [s["name"] for s in rule["sweep"]] == ["small", "medium", "large"]
+    assert all(len(s["eval_loss"]) == 2 and np.isfinite(s["eval_loss"]).all() for s in rule["sweep"])
+    assert rule["lr"]["rule"] == "power" and rule["fit"]["alpha_ci95"] is not None  # 3 sizes: an interval on alpha
+    sys.path.insert(0, str(REPO / "experiments"))
+    import reproduce_paper  # noqa: PLC0415
+    cfg = reproduce_paper.apply_lr_rule_file(_repro_cfg(), str(out))
+    assert cfg.lr.rule == "power" and cfg.lr.alpha == pytest.approx(rule["fit"]["alpha"])
