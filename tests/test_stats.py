@@ -113,10 +113,10 @@ def test_rule_file_must_match_the_config_members(tmp_path):
         lr_fit.load_rule_file(tmp_path / "bad.json", cfg)
 
 
-def _script(name, *args):
+def _script(name, *args, timeout=300):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
     return subprocess.run([sys.executable, f"experiments/{name}", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize("args,words", [
@@ -153,7 +153,7 @@ def test_reproduction_refuses_repeated_data_unless_allowed(tmp_path):
 def test_reproduce_paper_with_seeds_writes_claims_with_intervals(tmp_path):
     proc = _script("reproduce_paper.py", "--config", "configs/repro_small.py", "--workdir", str(tmp_path),
                    "--config.budget_scale=0.03", "--seeds=0,1", "--arms=progressive,fixed_lr,independent",
-                   "--task_items=8", "--config.data.eval_batches=2")
+                   "--task_items=8", "--config.data.eval_batches=2", timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     c = json.loads((tmp_path / "comparison.json").read_text())
     assert c["seeds"] == [0, 1] and c["arms"]["progressive"]["seeds"] == [0, 1]
@@ -221,7 +221,7 @@ def test_lr_sweep_fits_a_rule_that_reproduce_paper_accepts(tmp_path):
     out = tmp_path / "rule.json"
     proc = _script("lr_sweep.py", "--config", "configs/repro_small.py", "--workdir", str(tmp_path / "sweep"),
                    "--config.budget_scale=0.03", "--config.data.eval_batches=2", "--num_lrs=2", "--lr_min=1e-3",
-                   "--lr_max=1e-2", "--rule=power", f"--out={out}")
+                   "--lr_max=1e-2", "--rule=power", f"--out={out}", timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rule = json.loads(out.read_text())
     assert [s["name"] for s in rule["sweep"]] == ["small", "medium", "large"]
