@@ -130,7 +130,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.expansion.depth = "identity"  # identity | stack | interleave (depth growth)
     c.expansion.depth_position = "interleave"  # where identity blocks go: interleave | top
     c.expansion.noise = 0.0        # tile: function-preserving symmetry-breaking noise (relative std)
-    c.expansion.opt_state = "carry"  # carry (map Adam moments like the params) | reset
+    c.expansion.opt_state = "carry"  # carry (Adam moments mapped like the gradients; exact where the map is) | reset
 
     c.consistency = ml_collections.ConfigDict()
     c.consistency.weight = 0.0     # weight of KL(p_prev || p_this) against the frozen previous member (0 = off)

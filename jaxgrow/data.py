@@ -282,6 +282,11 @@ class Corpus:
     def eos_id(self) -> int:
         return self.info.eos_id
 
+    @property
+    def train_tokens(self) -> int:
+        """Tokens in the training stream, all mixture sources together (epochs are counted against it)."""
+        return sum(len(src.store) for src in self.train_sources)
+
 
 def _raw_cache_name(split: str, files: tuple, info: tokenizing.TokenizerInfo, text_field: str) -> str:
     h = hashlib.sha256(f"{info.sha256}:{info.eos_id}:{info.bos_id}:{text_field}".encode())

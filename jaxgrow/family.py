@@ -21,6 +21,7 @@ from jaxgrow import workdir as workdir_lib
 from jaxgrow.budgets import StageBudget, budgets, lr_schedule, tokens_per_step
 from jaxgrow.growth import grow, stage_key
 from jaxgrow.workdir import member_dir, member_params, restore_member, stage_dir
+from jaxgrow import passes
 
 log = logging.getLogger("jaxgrow")
 
@@ -69,6 +70,10 @@ def prepare(cfg: Any, workdir: Path) -> Setup:
     workdir_lib.write_config(cfg, workdir)
     if jax.process_index() == 0:
         data.save_cache(corpus, workdir)
+    warning = passes.repeat_warning([s.name for s in stages], passes.epochs_per_member(
+        stages, cfg.mode, cfg.data.batch_size, corpus.train_tokens, cfg.data.seq_len), corpus.train_tokens)
+    if warning:
+        log.warning("%s", warning)
     host_batches = data.eval_batches(corpus.eval, cfg.data.seq_len, cfg.data.batch_size, cfg.data.eval_batches,
                                      jax.process_index(), jax.process_count())
     batch_sharding = sharding.batch_sharding(mesh)
@@ -193,6 +198,9 @@ def write_report(setup: Setup) -> dict:
         rates = inference.family_acceptance(params, [s.model for s in stages], setup.eval_batches)
         for i, rate in enumerate(rates):
             evals[i]["draft_acceptance"] = None if rate is None else {"target": stages[i + 1].name, **rate}
+    epochs = passes.epochs_per_member(stages, cfg.mode, cfg.data.batch_size, setup.corpus.train_tokens, cfg.data.seq_len)
+    for ev, e in zip(evals, epochs):
+        ev["epochs"] = e
     result = report.build(cfg, stages, evals, budgets(cfg, "independent"))  # stages: as recorded at their start
     if jax.process_index() == 0:
         report.write(setup.workdir, result, stages, [lr_schedule(cfg, s) for s in stages])

@@ -40,6 +40,7 @@ def build(cfg: Any, stages: list, member_evals: list[dict], independent_stages: 
             "train_flops_per_token": s.train_flops_per_token, "eval_loss": ev["eval_loss"],
             "eval_ppl": float(np.exp(min(ev["eval_loss"], 50.0))), "kl_to_next": ev["kl_to_next"],
             "kl_from_next": ev["kl_from_next"], "draft_acceptance": ev.get("draft_acceptance"),
+            "epochs": ev.get("epochs"),
         })
     return {
         "mode": cfg.mode, "flops_convention": flops.CONVENTION, "total_train_flops": total,
@@ -69,6 +70,10 @@ def markdown(report: dict) -> str:
         lines += ["", f"Draft acceptance: the fraction of this member's speculative draft tokens (gamma={a['gamma']}) "
                   f"that the next member accepts, on {a['prompts']} held-out prompts x {a['new_tokens']} new tokens "
                   "(jaxgrow/inference.py)."]
+    if any(m.get("epochs") is not None for m in report["members"]):
+        lines += ["", "Epochs (passes over the training stream seen by each member's weights; a progressive member "
+                  "counts its whole lineage): " + ", ".join(f"{m['name']} {m['epochs']:.2f}" for m in report["members"]
+                                                            if m.get("epochs") is not None)]
     lines += ["", "## Plots", ""]
     for name, title in PLOTS.items():  # written next to report.md by `write`
         lines += [f"![{title}]({name})", ""]

@@ -33,8 +33,11 @@ from jaxgrow import config as config_lib, layout
 from jaxgrow.expand import core
 from jaxgrow.expand.maps import DEPTHS, METHODS, Plan, check, make_plan, needs_untie, place_heads
 
-__all__ = ["expand_params", "expand_opt_state", "resolve_target", "make_plan", "check", "place_heads",
+__all__ = ["expand_params", "expand_opt_state", "POLICIES", "resolve_target", "make_plan", "check", "place_heads",
            "Plan", "METHODS", "DEPTHS"]
+
+
+POLICIES = ("carry", "reset", "param_scale")
 
 
 def _default_key(key: jax.Array | None) -> jax.Array:
@@ -78,13 +81,17 @@ def expand_opt_state(opt_state: Any, params_src: dict, src_cfg: Any, dst_cfg: An
                      reset_count: bool = False, map_seed: int = 0) -> Any:
     """Maps an optax state through the same index map as the params.
 
-    policy="carry": Adam's `mu` follows its param's gather and scale, `nu` the square of the scale;
-      fresh entries (and zeroed writers of inserted layers) get 0. Adam's step count is kept unless
-      reset_count. policy="reset": every param-shaped leaf becomes 0 and counts restart at 0.
+    policy="carry": Adam's `mu` follows its param's gather and the *gradient's* scale (a param that
+      becomes c·p has gradient g/c; a copy whose consumers were divided by n has g/n), `nu` the square
+      of that; fresh entries and inserted identity layers get 0. Exact wherever the param map is
+      exact: the mapped source gradient equals the gradient at the grown params. Adam's step count is
+      kept unless reset_count. policy="reset": every param-shaped leaf becomes 0 and counts restart
+      at 0. policy="param_scale": the pre-#15 rule (moments scaled like the params), kept only for
+      experiments/moment_carry.py.
     Any other param-shaped subtree is mapped like `mu`; scalars are kept.
     """
-    if policy not in ("carry", "reset"):
-        raise ValueError(f"policy={policy!r} must be 'carry' or 'reset'")
+    if policy not in POLICIES:
+        raise ValueError(f"policy={policy!r} must be one of {list(POLICIES)}")
     check(src_cfg, dst_cfg, method, depth, depth_position)
     frozen = (_frozen(src_cfg), _frozen(dst_cfg), method, depth, depth_position, map_seed, 0.0, policy)
     params_def = jax.tree.structure(params_src)
@@ -97,7 +104,7 @@ def expand_opt_state(opt_state: Any, params_src: dict, src_cfg: Any, dst_cfg: An
     def moments(tree: dict, kind: str) -> dict:
         if policy == "reset":
             return zeros()
-        return _jitted(kind, *frozen)(tree)
+        return _jitted(kind + ("_param" if policy == "param_scale" else ""), *frozen)(tree)
 
     def visit(node: Any) -> Any:
         if _is_moments(node):

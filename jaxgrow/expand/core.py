@@ -6,7 +6,13 @@ the parameter reads the dimension, `out_scale` where it writes it, `gain_scale` 
 then fill fresh entries. For `zero`, a fresh entry is 0 when it would carry signal into the
 residual stream (a residual writer's new output rows; a new internal unit's consumer weights),
 and random (std of the existing entries) otherwise; fresh norm gains take the mean old gain.
-Adam moments use the same gather, `mu` the same scale, `nu` its square, and 0 for fresh entries.
+Adam moments use the same gather but follow the *gradient's* scale (DESIGN.md §3; `grad_*` in
+maps.py): `mu` is multiplied like the gradient, `nu` by its square, fresh entries and every entry of
+an inserted identity layer start at 0. Where the map is exact (zero; tile; FPI/AKI/heads without
+uneven residual copies) the mapped source gradient equals the gradient at the grown parameters, so
+the carried moments are the ones the grown model would have accumulated (tests/test_expand.py).
+kind='mu_param'/'nu_param' is the pre-#15 rule (moments scaled like the *parameters*), kept only so
+experiments/moment_carry.py can measure what it cost.
 """
 
 from __future__ import annotations
@@ -79,9 +85,11 @@ def _zero_sum_noise(key: jax.Array, shape: tuple, axis: int, m: maps_lib.DimMap)
 
 def transform(x: jax.Array, spec: layout.ParamSpec, plan: maps_lib.Plan, *, kind: str = "param",
               key: jax.Array | None = None, noise: float = 0.0) -> jax.Array:
-    """Expands one array. kind: 'param', 'mu' (first moment) or 'nu' (second moment)."""
+    """Expands one array. kind: 'param', 'mu' (first moment) or 'nu' (second moment); 'mu_param' /
+    'nu_param' scale moments like the parameters (the old rule, for comparison only)."""
     x = jnp.asarray(x, jnp.float32)
-    power = 2 if kind == "nu" else 1
+    power = 2 if kind in ("nu", "nu_param") else 1
+    gradient_rule = kind in ("mu", "nu")
     axes = list(_width_axes(spec, plan))
     aki = plan.method == "bert2bert_aki" and spec.stacked and any(r == "out" for _, _, r, _ in axes)
     x_next = jnp.concatenate([x[1:], x[-1:]], axis=0) if aki else None
@@ -97,7 +105,14 @@ def transform(x: jax.Array, spec: layout.ParamSpec, plan: maps_lib.Plan, *, kind
         x = jnp.take(x, idx, axis=axis)
         if aki:
             x_next = jnp.take(x_next, idx, axis=axis)
-        if role == "gain":
+        if gradient_rule:
+            if role == "gain":
+                vec = m.grad_gain_vec()
+                if spec.path == ("final_norm", "scale"):
+                    vec = vec / plan.final_gain_scale  # gain c·p => gradient g/c
+            else:
+                vec = m.grad_in if role == "in" else m.grad_out_vec()
+        elif role == "gain":
             vec = np.full(len(m.src), m.gain_scale)
             if spec.path == ("final_norm", "scale"):
                 vec = vec * plan.final_gain_scale
@@ -132,7 +147,9 @@ def transform(x: jax.Array, spec: layout.ParamSpec, plan: maps_lib.Plan, *, kind
 
     if spec.stacked and not plan.layers.identity:
         out = jnp.take(out, plan.layers.src, axis=0)
-        if spec.writes_residual and plan.layers.identity_new.any():
+        if (spec.writes_residual or gradient_rule) and plan.layers.identity_new.any():
+            # An inserted identity block: zero writers; its moments start at 0 (no history; at the
+            # grown point its readers' gradient is exactly 0, since nothing flows through a zero writer).
             out = jnp.where(_bcast(plan.layers.identity_new, 0, out.ndim), 0.0, out)
     return out
 

@@ -8,6 +8,13 @@ A `DimMap` for a dimension of size S -> S':
     out_scale[j] multiplier where a parameter *writes* it (sqrt(S'/S) for `zero` on the residual)
     gain_scale  multiplier on RMSNorm gains (1/sqrt(S'/S) for `zero`)
     dup[j]      True for a copy that is not the first occurrence of its source (AKI, noise)
+
+and, for the optimizer moments, how the *gradient* of an entry transforms (DESIGN.md §3): a
+parameter that becomes c·p while the function is kept gets gradient g/c; a copy whose consumers
+were divided by n gets g/n; a copy whose inputs were divided by n keeps g:
+    grad_in[j]   gradient multiplier where a parameter reads the dimension (1: inputs are unchanged)
+    grad_out[j]  where it writes it (1/c for `zero`'s scaled residual; 1/copies for copy methods)
+    grad_gain[j] on norm gains (c for `zero`'s residual; 1/copies for copy methods)
 """
 
 from __future__ import annotations
@@ -32,6 +39,18 @@ class DimMap:
     in_scale: np.ndarray
     out_scale: np.ndarray
     gain_scale: float = 1.0
+    grad_out: np.ndarray | None = None   # None: ones
+    grad_gain: np.ndarray | None = None  # None: ones
+
+    @property
+    def grad_in(self) -> np.ndarray:
+        return np.ones(len(self.src))
+
+    def grad_out_vec(self) -> np.ndarray:
+        return np.ones(len(self.src)) if self.grad_out is None else self.grad_out
+
+    def grad_gain_vec(self) -> np.ndarray:
+        return np.ones(len(self.src)) if self.grad_gain is None else self.grad_gain
 
     @property
     def identity(self) -> bool:
@@ -90,14 +109,16 @@ def _width_map(old: int, new: int, method: str, residual: bool, rng: np.random.G
             # Scale the residual stream by c = sqrt(S'/S) so its RMS over S' dims is unchanged (eps stays
             # exact), and divide every norm gain by c to cancel it.
             c = math.sqrt(new / old)
-            return DimMap(src, ones, np.where(src >= 0, c, 0.0), 1.0 / c)
+            return DimMap(src, ones, np.where(src >= 0, c, 0.0), 1.0 / c,
+                          grad_out=np.where(src >= 0, 1.0 / c, 0.0), grad_gain=np.full(new, c))
         return DimMap(src, ones, ones)
     if method == "tile":
         src = np.arange(new) % old
     else:  # bert2bert: Net2Net random mapping for the extra units
         src = np.concatenate([np.arange(old), rng.integers(0, old, new - old)])
     counts = _copy_counts(src, old)
-    return DimMap(src, 1.0 / counts[src], np.ones(new))
+    # Every consumer of a copy was divided by its source's copy count, so the copy's gradient is g/n.
+    return DimMap(src, 1.0 / counts[src], np.ones(new), grad_out=1.0 / counts[src], grad_gain=1.0 / counts[src])
 
 
 def place_heads(H: int, K: int, H2: int, K2: int, copy: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -144,7 +165,12 @@ def _head_maps(src_cfg: Any, dst_cfg: Any, method: str) -> tuple[DimMap, DimMap]
     q_src, kv_src = place_heads(H, K, H2, K2, copy=method != "zero")
     q_counts = _copy_counts(q_src, H)
     q_in = np.where(q_src >= 0, 1.0 / q_counts[np.maximum(q_src, 0)], 1.0)
-    return (DimMap(q_src, q_in, np.ones(H2)), DimMap(kv_src, np.ones(K2), np.ones(K2)))
+    kv_counts = _copy_counts(kv_src, K)
+    # A KV copy's gradient is the part of its source's gradient from the query heads it serves: g/n
+    # when every copy serves (copies of) all of them, which `copy` placement gives; otherwise only the
+    # sum over the copies is exact and g/n is its even share.
+    kv_grad = np.where(kv_src >= 0, 1.0 / kv_counts[np.maximum(kv_src, 0)], 0.0)
+    return (DimMap(q_src, q_in, np.ones(H2), grad_out=q_in), DimMap(kv_src, np.ones(K2), np.ones(K2), grad_out=kv_grad))
 
 
 def layer_map(L: int, L2: int, depth: str, position: str) -> LayerMap:
