@@ -280,7 +280,7 @@ def markdown(c: dict) -> str:
         out.append(f"| {m['name']} | " + " | ".join(
             "—" if m["arms"][a]["epochs"] is None else f"{m['arms'][a]['epochs']:.2f}" for a in arms) + " |")
     downstream = sorted({k[:-5] for m in c["members"] for r in m["arms"].values() for k in r
-                         if k.endswith("_mean") and k.startswith("tasks/")})
+                         if k.endswith("_mean") and k.startswith("tasks/") and not k.endswith("/n_mean")})
     for metric in downstream:
         out += ["", f"`{metric}` per member:", "", "| member | " + " | ".join(arms) + " |",
                 "|---|" + "---:|" * len(arms)]
