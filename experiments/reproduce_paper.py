@@ -321,7 +321,8 @@ def markdown(c: dict) -> str:
 
     primary = {f"{suite}/{t}/{benchmarks.PRIMARY[t]}" for suite, ts in benchmarks.SUITES.items() for t in ts}
     downstream = sorted({k[:-5] for m in c["members"] for r in m["arms"].values() for k in r
-                         if k.endswith("_mean") and (k.startswith("tasks/") or k[:-5] in primary)})
+                         if k.endswith("_mean") and not k.endswith("/n_mean")
+                         and (k.startswith("tasks/") or k[:-5] in primary)})
     for metric in downstream:
         out += ["", f"`{metric}` per member:", "", "| member | " + " | ".join(arms) + " |",
                 "|---|" + "---:|" * len(arms)]
