@@ -276,12 +276,18 @@ class _Windows:
 
 
 def train_dataset(stream: np.ndarray, seq_len: int, global_batch: int, seed: int,
-                  process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+                  process_index: int = 0, process_count: int = 1, rows: Any = None) -> grain.MapDataset:
     """Infinite MapDataset of this process's [global_batch / process_count, seq_len + 1] batches.
 
     Element k is the process's slice of global batch k, so the k-th batch is the same data under
     any number of processes and the iterator state ({'next_index': k}) is topology independent.
+    `rows` (sharding.process_rows) names the rows of each global batch this process supplies; by
+    default the process_index-th block of global_batch / process_count rows.
     """
+    if rows is not None:
+        rows = [int(r) for r in rows]
+        shuffled = grain.MapDataset.source(_Windows(stream, seq_len)).seed(seed).shuffle().repeat(None)
+        return grain.MapDataset.range(1 << 62).map(lambda k: np.stack([shuffled[k * global_batch + r] for r in rows]))
     if global_batch % process_count:
         raise DataError(f"data.batch_size={global_batch} must be divisible by the process count {process_count}")
     local = global_batch // process_count
@@ -296,10 +302,13 @@ def train_dataset(stream: np.ndarray, seq_len: int, global_batch: int, seed: int
 
 
 def eval_batches(stream: np.ndarray, seq_len: int, global_batch: int, max_batches: int,
-                 process_index: int = 0, process_count: int = 1) -> list[np.ndarray]:
-    """The fixed held-out batches: consecutive windows from the start of the eval stream."""
+                 process_index: int = 0, process_count: int = 1, rows: Any = None) -> list[np.ndarray]:
+    """The fixed held-out batches: consecutive windows from the start of the eval stream
+    (this process's `rows` of each, as in train_dataset)."""
     windows = _Windows(stream, seq_len)
     n = min(max_batches, max(1, len(windows) // global_batch))
+    if rows is not None:
+        return [np.stack([windows[(b * global_batch + int(r)) % len(windows)] for r in rows]) for b in range(n)]
     local = global_batch // process_count
     out = []
     for b in range(n):

@@ -175,6 +175,9 @@ def prepare(cfg: Any, workdir: Path) -> Setup:
                 raise config_lib.ConfigError(f"expansion members.{prev.name} -> members.{cur.name}: {e}") from None
     check_workdir_writable(workdir)
     mesh = sharding.make_mesh(cfg.mesh)
+    if jax.process_count() > 1:
+        log.info("mesh %s over %d processes; axes spanning processes: %s", dict(mesh.shape), jax.process_count(),
+                 sharding.axes_spanning_processes(mesh))
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if cfg.data.batch_size % (batch_shards * cfg.optimizer.grad_accum_steps):
         raise config_lib.ConfigError(f"data.batch_size={cfg.data.batch_size} must be divisible by mesh data*fsdp="
@@ -186,9 +189,9 @@ def prepare(cfg: Any, workdir: Path) -> Setup:
     write_config(cfg, workdir)
     if jax.process_index() == 0:
         data.save_cache(corpus, workdir)
-    host_batches = data.eval_batches(corpus.eval, cfg.data.seq_len, cfg.data.batch_size, cfg.data.eval_batches,
-                                     jax.process_index(), jax.process_count())
     batch_sharding = sharding.batch_sharding(mesh)
+    host_batches = data.eval_batches(corpus.eval, cfg.data.seq_len, cfg.data.batch_size, cfg.data.eval_batches,
+                                     rows=sharding.process_rows(batch_sharding, cfg.data.batch_size))
     eval_batches = [jax.make_array_from_process_local_data(batch_sharding, b) for b in host_batches]
     return Setup(cfg, workdir, mesh, corpus, eval_batches, stages)
 
@@ -298,7 +301,7 @@ def _run_one_stage(setup: Setup, stage: StageBudget, flops_before: float, metric
     eval_step = jax.jit(train.make_eval_step(stage.model))
 
     dataset = data.train_dataset(setup.corpus.train, cfg.data.seq_len, cfg.data.batch_size, cfg.seed,
-                                 jax.process_index(), jax.process_count())
+                                 rows=sharding.process_rows(sharding.batch_sharding(mesh), cfg.data.batch_size))
     data_iter = data.DeviceIterator(dataset, sharding.batch_sharding(mesh), cfg.data.prefetch, data_state)
     per_step = tokens_per_step(cfg)
     spec = train.StageSpec(

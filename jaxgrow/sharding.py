@@ -124,3 +124,24 @@ def constrain(x: jax.Array, axes: Sequence[str]) -> jax.Array:
     if mesh.empty:
         return x
     return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, x.shape, dict(mesh.shape)))
+
+
+def process_rows(batch_sharding: jax.sharding.Sharding, global_batch: int, ndim: int = 2) -> np.ndarray:
+    """Rows of a [global_batch, ...] array this process must supply, in the order that
+    `jax.make_array_from_process_local_data` reads them (its shards' row starts, ascending).
+
+    Taken from the sharding itself, not from an assumed block layout: when the tensor (or fsdp) axis
+    spans hosts, several processes hold the same rows and must read identical data.
+    """
+    shape = (global_batch,) + (1,) * (ndim - 1)
+    index_map = batch_sharding.addressable_devices_indices_map(shape)
+    starts = sorted({idx[0].start or 0 for idx in index_map.values()})
+    stops = {idx[0].start or 0: global_batch if idx[0].stop is None else idx[0].stop for idx in index_map.values()}
+    return np.concatenate([np.arange(s, stops[s]) for s in starts]).astype(np.int64)
+
+
+def axes_spanning_processes(mesh: Mesh) -> list[str]:
+    """Mesh axes along which devices of different processes meet (the axes whose collectives cross hosts)."""
+    procs = np.vectorize(lambda d: d.process_index)(mesh.devices)
+    return [name for i, name in enumerate(mesh.axis_names)
+            if mesh.devices.shape[i] > 1 and np.any(np.diff(procs, axis=i) != 0)]
