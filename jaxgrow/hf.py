@@ -425,13 +425,15 @@ def write_tokenizer(tokenizer: Any, out_dir: Path, model_max_length: int) -> Non
 
 def save_pretrained(params: dict, model_cfg: Any, out_dir: str | Path, tokenizer: Any = None,
                     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-                    max_position_embeddings: int = DEFAULT_MAX_POSITIONS) -> Path:
+                    max_position_embeddings: int = DEFAULT_MAX_POSITIONS, dtype: str = "float32") -> Path:
     """Writes `out_dir` as an HF LlamaForCausalLM checkpoint loadable by `from_pretrained(out_dir)`.
 
     params: our layout (jax or numpy arrays; gathered to host as float32). tokenizer: a
     `tokenizers.Tokenizer` or a tokenizer.json path; its <|endoftext|> id becomes bos/eos.
     max_shard_bytes: weights larger than this are split into shards plus an index file.
     max_position_embeddings: written to config.json and as the tokenizer's model_max_length.
+    dtype: float32 | bfloat16 weights. The weights stream tensor by tensor (export.write_streamed),
+    so sharded params are never gathered whole on one host.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -442,8 +444,11 @@ def save_pretrained(params: dict, model_cfg: Any, out_dir: str | Path, tokenizer
     tok = _as_tokenizer(tokenizer)
     eos_id = tok.token_to_id(EOS) if tok is not None else None
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_safetensors(to_hf_tensors(params, model_cfg), out_dir, max_shard_bytes)
-    _write_json(out_dir / "config.json", hf_config(model_cfg, eos_id, max_position_embeddings))
+    from jaxgrow import export  # noqa: PLC0415
+
+    export.write_streamed(params, model_cfg, out_dir, dtype=dtype, max_shard_bytes=max_shard_bytes)
+    _write_json(out_dir / "config.json", dict(hf_config(model_cfg, eos_id, max_position_embeddings),
+                                              torch_dtype=dtype, dtype=dtype))
     _write_json(out_dir / "generation_config.json", {"bos_token_id": eos_id, "eos_token_id": eos_id})
     if tok is not None:
         write_tokenizer(tok, out_dir, max_position_embeddings)
@@ -585,7 +590,7 @@ def _check_out_dir(out: Path) -> None:
         raise HFError(f"--out={out} is not writable ({probe} is not a writable directory)")
 
 
-def export_workdir(workdir: Path, out: Path, member: str | None) -> list[Path]:
+def export_workdir(workdir: Path, out: Path, member: str | None, dtype: str = "float32") -> list[Path]:
     """Exports one member to `out`, or (member=None) every finished member to out/<name>/.
     The run's tokenizer.json and data.seq_len (as max_position_embeddings) go along."""
     cfg, stages = _finished_stages(workdir, member)
@@ -596,10 +601,10 @@ def export_workdir(workdir: Path, out: Path, member: str | None) -> list[Path]:
         log.warning("%s has no tokenizer.json; exporting weights without a tokenizer", workdir)
     written = []
     for stage in stages:
-        params = jax.device_get(family.member_params(workdir, stage))
+        params = family.member_params(workdir, stage)  # stays sharded: the export streams it
         dest = out if member is not None else out / stage.name
         written.append(save_pretrained(params, stage.model, dest, tokenizer,
-                                       max_position_embeddings=int(cfg.data.seq_len)))
+                                       max_position_embeddings=int(cfg.data.seq_len), dtype=dtype))
     return written
 
 

@@ -37,6 +37,7 @@ flags.DEFINE_list("tasks", [], "evaluate: multiple-choice JSONL task files (comm
 flags.DEFINE_string("member", None, "export/sample: member name.")
 flags.DEFINE_bool("all", False, "export/sample: every member.")
 flags.DEFINE_string("out", None, "export: output directory.")
+flags.DEFINE_enum("export_dtype", "float32", ["float32", "bfloat16"], "export: weight dtype in the safetensors files.")
 flags.DEFINE_string("hf", None, "import: Hugging Face Llama checkpoint directory.")
 flags.DEFINE_string("prompt", "", "sample: prompt text.")
 flags.DEFINE_integer("max_new_tokens", 40, "sample: tokens to generate.")
@@ -194,7 +195,8 @@ def cmd_export() -> int:
         raise UsageError("--out is required")
     if not FLAGS.all and not FLAGS.member:
         raise UsageError("give --member NAME or --all")
-    written = hf.export_workdir(_workdir(), Path(FLAGS.out).expanduser(), None if FLAGS.all else FLAGS.member)
+    written = hf.export_workdir(_workdir(), Path(FLAGS.out).expanduser(), None if FLAGS.all else FLAGS.member,
+                                dtype=FLAGS.export_dtype)
     for path in written:
         print(f"jaxgrow: exported {path}")
     return 0
