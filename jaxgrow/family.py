@@ -161,6 +161,7 @@ class Setup:
     corpus: data.Corpus
     eval_batches: list
     stages: list[StageBudget]
+    goodput: Any = None  # goodput.Goodput of this process's run (wall time by activity)
 
 
 def prepare(cfg: Any, workdir: Path) -> Setup:
@@ -244,7 +245,11 @@ def expand_state(setup: Setup, prev: StageBudget, stage: StageBudget, optimizer)
 
 def run(cfg: Any, workdir: Path, signals: train.SignalFlag | None = None) -> Setup:
     """Builds (or resumes) the whole family; each finished member lands in members/<name>/."""
+    from jaxgrow.goodput import Goodput  # noqa: PLC0415
+
+    gp = Goodput()
     setup = prepare(cfg, workdir)
+    setup.goodput = gp
     signals = signals or train.SignalFlag()
     metrics_log = train.MetricsLog(workdir)
     flops_before = 0.0
@@ -280,7 +285,8 @@ def _run_one_stage(setup: Setup, stage: StageBudget, flops_before: float, metric
         log.info("stage %d (%s): resumed at step %d/%d", stage.index, stage.name, meta["step"], stage.steps)
     elif progressive:
         t0 = time.perf_counter()
-        state, data_state, teacher_params = expand_state(setup, prev, stage, optimizer)
+        with setup.goodput.measure("expansion") if setup.goodput else _nullcontext():
+            state, data_state, teacher_params = expand_state(setup, prev, stage, optimizer)
         log.info("stage %d (%s): expanded %s -> %s (%s/%s) in %.1fs", stage.index, stage.name, prev.name, stage.name,
                  cfg.expansion.method, cfg.expansion.depth, time.perf_counter() - t0)
     else:
@@ -312,14 +318,24 @@ def _run_one_stage(setup: Setup, stage: StageBudget, flops_before: float, metric
         meta={"stage": stage.index, "member": stage.name, "mode": cfg.mode, "model": stage.model.to_dict()})
     with jax.set_mesh(mesh):
         state = train.run_stage(spec, state, train_step, eval_step, data_iter, setup.eval_batches, ckpts,
-                                metrics_log, cfg, workdir, signals, teacher_params)
-        final = checkpoint.Checkpoints(member_dir(workdir, stage.name), async_save=cfg.checkpoint.async_save)
-        final.save(stage.steps, state.params, state.opt_state, dict(spec.meta, data_state=data_iter.state(),
-                                                                    nonfinite=int(jax.device_get(state.nonfinite))))
-        faults.point("member_saving")
-        final.close()
+                                metrics_log, cfg, workdir, signals, teacher_params, goodput=setup.goodput)
+        with setup.goodput.measure("checkpoint") if setup.goodput else _nullcontext():
+            final = checkpoint.Checkpoints(member_dir(workdir, stage.name), async_save=cfg.checkpoint.async_save)
+            final.save(stage.steps, state.params, state.opt_state, dict(spec.meta, data_state=data_iter.state(),
+                                                                        nonfinite=int(jax.device_get(state.nonfinite))))
+            faults.point("member_saving")
+            final.close()
+    if setup.goodput:
+        # no "step": report.read_metrics keys records by (stage, step) and must keep the last loss
+        metrics_log.write({"stage": stage.index, "member": stage.name, "goodput": setup.goodput.summary()})
     ckpts.close()
     log.info("stage %d (%s): done, member checkpoint in %s", stage.index, stage.name, member_dir(workdir, stage.name))
+
+
+def _nullcontext():
+    import contextlib  # noqa: PLC0415
+
+    return contextlib.nullcontext()
 
 
 def load_setup_for_eval(workdir: Path) -> tuple[Any, list[StageBudget]]:
@@ -357,6 +373,8 @@ def write_report(setup: Setup) -> dict:
                     params[i], s.model, params[i + 1], stages[i + 1].model, setup.eval_batches)
             evals.append(ev)
     result = report.build(cfg, stages, evals, budgets(cfg, "independent"))
+    if setup.goodput is not None:
+        result["goodput"] = setup.goodput.summary()
     if jax.process_index() == 0:
         report.write(setup.workdir, result, stages, [lr_schedule(cfg, s) for s in stages])
     return result

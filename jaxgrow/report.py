@@ -61,6 +61,10 @@ def markdown(report: dict) -> str:
         lines.append(f"| {m['name']} | {m['params']:,} | {m['non_embedding_params']:,} | {m['tokens']:,} | "
                      f"{m['train_flops']:.3g} | {m['eval_loss']:.4f} | {m['eval_ppl']:.2f} | "
                      f"{fmt(m['kl_to_next'])} | {fmt(m['kl_from_next'])} |")
+    if report.get("goodput"):
+        from jaxgrow import goodput  # noqa: PLC0415
+
+        lines += ["", goodput.markdown(report["goodput"])]
     return "\n".join(lines) + "\n"
 
 
