@@ -15,9 +15,7 @@ from test_multihost import free_port, losses
 
 pytestmark = pytest.mark.slow
 
-ARGS = ("--config", "configs/family_tiny.py", "--config.budget_scale=0.01", "--config.log.every_steps=1",
-        "--config.log.progress=False", "--config.checkpoint.every_steps=100", "--config.data.eval_batches=1",
-        "--config.log.eval_every_steps=1000")
+ARGS = ("--config", "configs/family_micro.py")
 
 
 def run_two_processes(workdir, *args, devices_each=4):
@@ -44,7 +42,7 @@ def test_spanning_mesh_matches_one_process(tmp_path, mesh, spanning):
     outs = run_two_processes(multi, *ARGS, *mesh_args)
     assert f"axes spanning processes: ['{spanning}'" in outs[0][1]
     a, b = losses(single), losses(multi)
-    assert len(a) == len(b) >= 3  # every stage logged (steps restart per stage)
+    assert len(a) == len(b) >= 20
     for (sa, la), (sb, lb) in zip(a, b):
         assert sa == sb and abs(la - lb) <= 1e-5, (sa, la, lb)
     # evaluation and the KL between members ran on both hosts and agree with one process
