@@ -269,6 +269,7 @@ def run(cfg: Any, workdir: Path, signals: train.SignalFlag | None = None) -> Set
 def _run_one_stage(setup: Setup, stage: StageBudget, flops_before: float, metrics_log, signals) -> None:
     cfg, mesh, workdir = setup.cfg, setup.mesh, setup.workdir
     optimizer = train.make_optimizer(cfg.optimizer, stage.model)
+    sharding.warn_undivided(stage.model, mesh, f"stage {stage.index} ({stage.name})")
     abstract = train.abstract_state(stage.model, optimizer, mesh)
     shardings = jax.tree.map(lambda x: x.sharding, abstract)
     prev = setup.stages[stage.index - 1] if stage.index > 0 else None
