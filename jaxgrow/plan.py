@@ -68,6 +68,22 @@ def analytic_collectives(cfg: Any, stage: family.StageBudget, abstract_params: A
     return collectives.analytic_traffic(stage.model, dict(mesh.shape), cfg.data.batch_size, cfg.data.seq_len, shards)
 
 
+V5E_V6E_CHIPS = (1, 4, 8, 16, 32, 64, 128, 256)
+
+
+def tpu_slices(devices: int) -> str:
+    """The Cloud TPU slices whose JAX device count is `devices` (one JAX device per chip).
+    v5p names count TensorCores (2 per chip: v5p-64 = 32 chips); v5e and v6e names count chips."""
+    names = []
+    if devices % 4 == 0 and devices <= 6144:
+        names.append(f"v5p-{2 * devices}")
+    if devices in V5E_V6E_CHIPS:
+        names += [f"v5e-{devices}", f"v6e-{devices}"]
+    if not names:
+        return f"no single TPU v5p/v5e/v6e slice has {devices} chips"
+    return f"TPU slices with {devices} chips = {devices} JAX devices: {', '.join(names)}"
+
+
 def _mib(n: float) -> str:
     return f"{n / 2**20:.1f} MiB"
 
@@ -107,6 +123,7 @@ def print_plan(cfg: Any, compile_steps: bool = True) -> list[dict]:
     mesh, rows = plan_rows(cfg, compile_steps)
     print(f"mesh {dict(mesh.shape)} on {mesh.devices.size} {jax.devices()[0].platform} device(s); mode {cfg.mode}; "
           f"batch {cfg.data.batch_size} x seq {cfg.data.seq_len}")
+    print(tpu_slices(mesh.devices.size) + " (v5p names count TensorCores, 2 per chip; v5e/v6e names count chips)")
     total = 0.0
     for r in rows:
         total += r["stage_flops"]

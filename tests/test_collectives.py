@@ -36,3 +36,23 @@ def test_counts_bytes_and_ring_traffic():
     assert c["reduce-scatter"] == {"count": 1, "bytes": 128.0, "traffic": 128 * 3 / 4}
     assert c["collective-permute"] == {"count": 1, "bytes": 128.0, "traffic": 128.0}
     assert c["all-to-all"]["count"] == 0
+
+
+def test_tpu_slice_names_count_chips():
+    from jaxgrow import plan  # noqa: PLC0415
+
+    assert plan.tpu_slices(32) == "TPU slices with 32 chips = 32 JAX devices: v5p-64, v5e-32, v6e-32"
+    assert "v5p-128, v5e-64, v6e-64" in plan.tpu_slices(64)
+    assert plan.tpu_slices(4).endswith("v5p-8, v5e-4, v6e-4")
+    assert plan.tpu_slices(12) == "TPU slices with 12 chips = 12 JAX devices: v5p-24"
+    assert plan.tpu_slices(6).startswith("no single TPU")
+
+
+def test_plan_with_fewer_devices_than_the_mesh_exits_2():
+    from conftest import run_cli  # noqa: PLC0415
+
+    proc = run_cli("plan", "--config", "configs/family_micro.py", "--devices", "4", "--config.mesh.data=2",
+                   "--config.mesh.fsdp=2", "--config.mesh.tensor=2", env={"XLA_FLAGS": ""})
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("jaxgrow: error: mesh") and "4 devices" in last
