@@ -139,7 +139,7 @@ def write_streamed(params: dict, model_cfg: Any, out_dir: str | Path, dtype: str
                 if host.shape != shape:
                     raise ValueError(f"export: {spec.name} gives an HF tensor of shape {host.shape}, expected {shape}")
                 if f:
-                    f.write(np.ascontiguousarray(host).tobytes())
+                    f.write(np.ascontiguousarray(host).reshape(-1).view(np.uint8).data)  # no bytes copy
                 del host
         except BaseException:
             if f:
