@@ -40,10 +40,10 @@ FLAGS = flags.FLAGS
 
 def member_config(base: ml_collections.ConfigDict, index: int, peak: float, seed: int) -> ml_collections.ConfigDict:
     """A one-member config: member `index` alone, from scratch, on its independent budget, at constant peak."""
-    from jaxgrow import config as config_lib, family  # noqa: PLC0415
+    from jaxgrow import budgets, config as config_lib  # noqa: PLC0415
 
     member = config_lib.members(base)[index]
-    stage = family.budgets(base, "independent")[index]
+    stage = budgets.budgets(base, "independent")[index]
     cfg = ml_collections.ConfigDict(base.to_dict())
     cfg.mode = "independent"
     cfg.seed = int(seed)
@@ -55,18 +55,18 @@ def member_config(base: ml_collections.ConfigDict, index: int, peak: float, seed
 
 
 def run_one(cfg, workdir: Path) -> float:
-    from jaxgrow import family, train  # noqa: PLC0415
+    from jaxgrow import faults, family  # noqa: PLC0415
 
     done = workdir / "report.json"
     if not done.exists():
-        with train.SignalFlag() as signals:
+        with faults.SignalFlag() as signals:
             setup = family.run(cfg, workdir, signals)
         family.write_report(setup)
     return float(json.loads(done.read_text())["members"][0]["eval_loss"])
 
 
 def run(argv) -> None:
-    from jaxgrow import config as config_lib, data, family, logs, lr_fit, passes  # noqa: PLC0415
+    from jaxgrow import budgets, config as config_lib, data, logs, lr_fit, passes  # noqa: PLC0415
 
     if FLAGS.workdir is None or _CONFIG.value is None:
         raise config_lib.InputError("--config and --workdir are required")
@@ -76,11 +76,11 @@ def run(argv) -> None:
     base = _CONFIG.value
     config_lib.validate(base)
     logs.setup()
-    stages = family.budgets(base, "independent")
+    stages = budgets.budgets(base, "independent")
     corpus = data.prepare(base.data, base.model.vocab_size, None)
-    epochs = passes.epochs_per_member(stages, "independent", base.data.batch_size, len(corpus.train),
+    epochs = passes.epochs_per_member(stages, "independent", base.data.batch_size, corpus.train_tokens,
                                       base.data.seq_len)
-    warning = passes.repeat_warning([s.name for s in stages], epochs, len(corpus.train))
+    warning = passes.repeat_warning([s.name for s in stages], epochs, corpus.train_tokens)
     if warning and not FLAGS.allow_repeats:
         raise config_lib.InputError(f"{warning}; or pass --allow_repeats")
     workdir = Path(FLAGS.workdir).absolute()

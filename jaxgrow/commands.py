@@ -14,7 +14,7 @@ import jax
 import ml_collections
 from tokenizers import Tokenizer
 
-from jaxgrow import checkpoint, config as config_lib, data, evaluate, expand, hf, sharding, storage, train
+from jaxgrow import checkpoint, config as config_lib, data, evaluate, expand, export, hf, sharding, storage, train
 from jaxgrow import workdir as workdir_lib
 from jaxgrow.budgets import budgets
 from jaxgrow.growth import grow, stage_key
@@ -122,11 +122,11 @@ def export_workdir(workdir: Path, out: Path, member: str | None, max_position_em
     if tokenizer is None:
         log.warning("%s has no tokenizer.json; exporting weights without a tokenizer", workdir)
     written = []
-    for stage in stages:
-        params = jax.device_get(workdir_lib.member_params(workdir, stage))
+    for stage in stages:  # params stay sharded: export streams them tensor by tensor (jaxgrow/export.py)
+        params = workdir_lib.member_params(workdir, stage)
         dest = out if member is not None else out / stage.name
-        written.append(hf.save_pretrained(params, stage.model, dest, tokenizer,
-                                          max_position_embeddings=max_position_embeddings, dtype=dtype))
+        written.append(export.save_pretrained(params, stage.model, dest, tokenizer,
+                                              max_position_embeddings=max_position_embeddings, dtype=dtype))
     return written
 
 

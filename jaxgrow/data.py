@@ -490,38 +490,42 @@ def rows_per_source(n_rows: int, weights: list[float]) -> list[int]:
 
 
 def train_dataset(stream, seq_len: int, global_batch: int, seed: int,
-                  process_index: int = 0, process_count: int = 1, start: int = 0) -> grain.MapDataset:
-    """Infinite MapDataset of this process's [global_batch / process_count, seq_len + 1] batches.
+                  process_index: int = 0, process_count: int = 1, start: int = 0, rows: Any = None) -> grain.MapDataset:
+    """Infinite MapDataset of this process's rows of each [global_batch, seq_len + 1] global batch.
 
-    `stream`: a token array/TokenStore, or a list of MixSource. Element k is the process's slice of
+    `stream`: a token array/TokenStore, or a list of MixSource. Element k is the process's rows of
     global batch `start + k`, so the k-th batch is the same data under any number of processes and
     the iterator state ({'next_index': k}) is topology independent. Only this process's windows are
-    read.
+    read. `rows` (sharding.process_rows) names the rows of each global batch this process supplies,
+    as the batch sharding lays them out; by default the process_index-th block of
+    global_batch / process_count rows.
     """
-    if global_batch % process_count:
-        raise DataError(f"data.batch_size={global_batch} must be divisible by the process count {process_count}")
-    local = global_batch // process_count
+    if rows is None:
+        if global_batch % process_count:
+            raise DataError(f"data.batch_size={global_batch} must be divisible by the process count {process_count}")
+        local = global_batch // process_count
+        rows = range(process_index * local, (process_index + 1) * local)
+    rows = [int(r) for r in rows]
     windows = mixed_windows(stream, seq_len, seed)
 
-    def local_slice(k: int) -> np.ndarray:
-        first = (start + k) * global_batch + process_index * local
-        return np.stack([windows[first + j] for j in range(local)])
+    def local_rows(k: int) -> np.ndarray:
+        first = (start + k) * global_batch
+        return np.stack([windows[first + r] for r in rows])
 
     # 2**62 batches: effectively infinite, and a finite length keeps grain's index arithmetic simple.
-    return grain.MapDataset.range(1 << 62).map(local_slice)
+    return grain.MapDataset.range(1 << 62).map(local_rows)
 
 
 def eval_batches(stream, seq_len: int, global_batch: int, max_batches: int,
-                 process_index: int = 0, process_count: int = 1) -> list[np.ndarray]:
-    """The fixed held-out batches: consecutive windows from the start of the eval stream."""
+                 process_index: int = 0, process_count: int = 1, rows: Any = None) -> list[np.ndarray]:
+    """The fixed held-out batches: consecutive windows from the start of the eval stream (this
+    process's `rows` of each, as in train_dataset)."""
     windows = WindowSource(stream, seq_len)
     n = min(max_batches, max(1, len(windows) // global_batch))
-    local = global_batch // process_count
-    out = []
-    for b in range(n):
-        idx = [(b * global_batch + process_index * local + j) % len(windows) for j in range(local)]
-        out.append(np.stack([windows[i] for i in idx]))
-    return out
+    if rows is None:
+        local = global_batch // process_count
+        rows = range(process_index * local, (process_index + 1) * local)
+    return [np.stack([windows[(b * global_batch + int(r)) % len(windows)] for r in rows]) for b in range(n)]
 
 
 def segment_ids(tokens, eos_id: int):

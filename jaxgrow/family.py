@@ -7,6 +7,7 @@ stage, and the cost rule) are in `budgets.py`; the workdir layout and member res
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -40,6 +41,7 @@ class Setup:
     corpus: data.Corpus
     eval_batches: list
     stages: list[StageBudget]
+    goodput: Any = None  # goodput.Goodput of this process's run (wall time by activity)
 
 
 def prepare(cfg: Any, workdir: Path) -> Setup:
@@ -54,6 +56,9 @@ def prepare(cfg: Any, workdir: Path) -> Setup:
                 raise config_lib.ConfigError(f"expansion members.{prev.name} -> members.{cur.name}: {e}") from None
     workdir_lib.check_workdir_writable(workdir)
     mesh = sharding.make_mesh(cfg.mesh)
+    if jax.process_count() > 1:
+        log.info("mesh %s over %d processes; axes spanning processes: %s", dict(mesh.shape), jax.process_count(),
+                 sharding.axes_spanning_processes(mesh))
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if cfg.data.batch_size % (batch_shards * cfg.optimizer.grad_accum_steps):
         raise config_lib.ConfigError(f"data.batch_size={cfg.data.batch_size} must be divisible by mesh data*fsdp="
@@ -74,9 +79,9 @@ def prepare(cfg: Any, workdir: Path) -> Setup:
         stages, cfg.mode, cfg.data.batch_size, corpus.train_tokens, cfg.data.seq_len), corpus.train_tokens)
     if warning:
         log.warning("%s", warning)
-    host_batches = data.eval_batches(corpus.eval, cfg.data.seq_len, cfg.data.batch_size, cfg.data.eval_batches,
-                                     jax.process_index(), jax.process_count())
     batch_sharding = sharding.batch_sharding(mesh)
+    host_batches = data.eval_batches(corpus.eval, cfg.data.seq_len, cfg.data.batch_size, cfg.data.eval_batches,
+                                     rows=sharding.process_rows(batch_sharding, cfg.data.batch_size))
     eval_batches = [jax.make_array_from_process_local_data(batch_sharding, b) for b in host_batches]
     return Setup(cfg, workdir, mesh, corpus, eval_batches, stages)
 
@@ -98,7 +103,11 @@ def expand_state(setup: Setup, prev: StageBudget, stage: StageBudget, optimizer)
 
 def run(cfg: Any, workdir: Path, signals: faults.SignalFlag | None = None) -> Setup:
     """Builds (or resumes) the whole family; each finished member lands in members/<name>/."""
+    from jaxgrow.goodput import Goodput  # noqa: PLC0415
+
+    gp = Goodput()
     setup = prepare(cfg, workdir)
+    setup.goodput = gp
     signals = signals or faults.SignalFlag()
     metrics_log = logs.MetricsLog(workdir)
     flops_before, steps_before = 0.0, 0
@@ -121,6 +130,7 @@ def run(cfg: Any, workdir: Path, signals: faults.SignalFlag | None = None) -> Se
 def _run_one_stage(setup: Setup, stage: StageBudget, flops_before: float, steps_before: int, metrics_log,
                    signals) -> None:
     cfg, mesh, workdir = setup.cfg, setup.mesh, setup.workdir
+    sharding.warn_undivided(stage.model, mesh, f"stage {stage.index} ({stage.name})")
     prev = setup.stages[stage.index - 1] if stage.index > 0 else None
     progressive = cfg.mode == "progressive" and prev is not None
     consistency = None
@@ -141,7 +151,8 @@ def _run_one_stage(setup: Setup, stage: StageBudget, flops_before: float, steps_
         log.info("stage %d (%s): resumed at step %d/%d", stage.index, stage.name, meta["step"], stage.steps)
     elif progressive:
         t0 = time.perf_counter()
-        state, data_state, teacher_params = expand_state(setup, prev, stage, optimizer)
+        with setup.goodput.measure("expansion") if setup.goodput else contextlib.nullcontext():
+            state, data_state, teacher_params = expand_state(setup, prev, stage, optimizer)
         log.info("stage %d (%s): expanded %s -> %s (%s/%s) in %.1fs", stage.index, stage.name, prev.name, stage.name,
                  cfg.expansion.method, cfg.expansion.depth, time.perf_counter() - t0)
     else:
@@ -154,9 +165,10 @@ def _run_one_stage(setup: Setup, stage: StageBudget, flops_before: float, steps_
     else:
         teacher_params = None
 
+    batch_sharding = sharding.batch_sharding(mesh)
     dataset = data.train_dataset(setup.corpus.train_sources, cfg.data.seq_len, cfg.data.batch_size, cfg.seed,
-                                 jax.process_index(), jax.process_count())
-    data_iter = data.DeviceIterator(dataset, sharding.batch_sharding(mesh), cfg.data.prefetch, data_state,
+                                 rows=sharding.process_rows(batch_sharding, cfg.data.batch_size))
+    data_iter = data.DeviceIterator(dataset, batch_sharding, cfg.data.prefetch, data_state,
                                     workers=cfg.data.get("workers", 0), global_batch=cfg.data.batch_size,
                                     mixture=[(s.name, s.weight) for s in setup.corpus.train_sources],
                                     row_tokens=cfg.data.seq_len)
@@ -169,12 +181,16 @@ def _run_one_stage(setup: Setup, stage: StageBudget, flops_before: float, steps_
         meta=checkpoint.Meta(stage=stage.index, member=stage.name, mode=cfg.mode, model=stage.model.to_dict()))
     with jax.set_mesh(mesh):
         state = train.run_stage(spec, state, compiled.train_step, compiled.eval_step, data_iter, setup.eval_batches,
-                                ckpts, metrics_log, cfg, workdir, signals, teacher_params)
-        final = checkpoint.Checkpoints(member_dir(workdir, stage.name), async_save=cfg.checkpoint.async_save)
-        final.save(stage.steps, state.params, state.opt_state, spec.meta.replace(
-            data_state=data_iter.state(), nonfinite=int(jax.device_get(state.nonfinite))))
-        faults.point("member_saving")
-        final.close()
+                                ckpts, metrics_log, cfg, workdir, signals, teacher_params, goodput=setup.goodput)
+        with setup.goodput.measure("checkpoint") if setup.goodput else contextlib.nullcontext():
+            final = checkpoint.Checkpoints(member_dir(workdir, stage.name), async_save=cfg.checkpoint.async_save)
+            final.save(stage.steps, state.params, state.opt_state, spec.meta.replace(
+                data_state=data_iter.state(), nonfinite=int(jax.device_get(state.nonfinite))))
+            faults.point("member_saving")
+            final.close()
+    if setup.goodput:
+        # no "step": report.read_metrics keys records by (stage, step) and must keep the last loss
+        metrics_log.write({"stage": stage.index, "member": stage.name, "goodput": setup.goodput.summary()})
     ckpts.close()
     log.info("stage %d (%s): done, member checkpoint in %s", stage.index, stage.name, member_dir(workdir, stage.name))
 
@@ -202,6 +218,8 @@ def write_report(setup: Setup) -> dict:
     for ev, e in zip(evals, epochs):
         ev["epochs"] = e
     result = report.build(cfg, stages, evals, budgets(cfg, "independent"))  # stages: as recorded at their start
+    if setup.goodput is not None:
+        result["goodput"] = setup.goodput.summary()
     if jax.process_index() == 0:
         report.write(setup.workdir, result, stages, [lr_schedule(cfg, s) for s in stages])
     return result

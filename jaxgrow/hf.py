@@ -52,7 +52,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import ml_dtypes
 import numpy as np
@@ -423,7 +423,8 @@ def check_export_args(max_position_embeddings: int | None, dtype: str) -> None:
 
 def save_pretrained(params: dict, model_cfg: Any, out_dir: str | Path, tokenizer: Any = None,
                     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-                    max_position_embeddings: int | None = None, dtype: str = "float32") -> Path:
+                    max_position_embeddings: int | None = None, dtype: str = "float32",
+                    write_weights: Callable[[Path], Any] | None = None) -> Path:
     """Writes `out_dir` as an HF LlamaForCausalLM checkpoint loadable by `from_pretrained(out_dir)`.
 
     params: our layout (jax or numpy arrays; gathered to host as float32). tokenizer: a
@@ -432,6 +433,8 @@ def save_pretrained(params: dict, model_cfg: Any, out_dir: str | Path, tokenizer
     max_position_embeddings: written to config.json and as the tokenizer's model_max_length
     (default: the model's RoPE-usable context, config.rope_context; not data.seq_len).
     dtype: "float32" (exact) or "bfloat16" (weights rounded to nearest; half the bytes).
+    write_weights: writes the safetensors files into out_dir instead of converting `params` here
+    on the host (jaxgrow.export.save_pretrained streams sharded params tensor by tensor).
     """
     check_export_args(max_position_embeddings, dtype)
     if max_position_embeddings is None:
@@ -445,8 +448,11 @@ def save_pretrained(params: dict, model_cfg: Any, out_dir: str | Path, tokenizer
     tok = _as_tokenizer(tokenizer)
     eos_id = tok.token_to_id(EOS) if tok is not None else None
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.astype(EXPORT_DTYPES[dtype]) for k, v in to_hf_tensors(params, model_cfg).items()}
-    write_safetensors(tensors, out_dir, max_shard_bytes)
+    if write_weights is not None:
+        write_weights(out_dir)
+    else:
+        tensors = {k: v.astype(EXPORT_DTYPES[dtype]) for k, v in to_hf_tensors(params, model_cfg).items()}
+        write_safetensors(tensors, out_dir, max_shard_bytes)
     _write_json(out_dir / "config.json", hf_config(model_cfg, eos_id, max_position_embeddings, dtype))
     _write_json(out_dir / "generation_config.json", {"bos_token_id": eos_id, "eos_token_id": eos_id})
     if tok is not None:

@@ -199,7 +199,8 @@ class Decoder(nn.Module):
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         embedding = _Params(_group(cfg, "embed"), name="embed")()["embedding"]
-        x = jnp.take(embedding, tokens, axis=0).astype(dtype)
+        table = sharding.constrain(embedding.astype(dtype), ("activation_vocab", "activation_embed"))
+        x = jnp.take(table, tokens, axis=0)
         x = sharding.constrain(x, ("batch", "length", "activation_embed"))
 
         block = Block

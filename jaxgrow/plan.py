@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxgrow import config as config_lib, expand, sharding, train
+from jaxgrow import collectives, config as config_lib, expand, sharding, train
 from jaxgrow.budgets import StageBudget, budgets, lr_schedule
 
 
@@ -59,6 +59,35 @@ def compile_expansion(cfg: Any, prev: StageBudget, stage: StageBudget, mesh: jax
         return fn.lower(src, key=jax.random.key(0)).compile()
 
 
+def analytic_collectives(cfg: Any, stage: StageBudget, abstract_params: Any, mesh) -> dict:
+    """collectives.analytic_traffic for one member on this mesh."""
+    shards = []
+    for x in jax.tree.leaves(abstract_params):
+        nbytes = math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
+        shards.append((nbytes, any("fsdp" in (p if isinstance(p, tuple) else (p,)) for p in x.sharding.spec if p)))
+    return collectives.analytic_traffic(stage.model, dict(mesh.shape), cfg.data.batch_size, cfg.data.seq_len, shards)
+
+
+V5E_V6E_CHIPS = (1, 4, 8, 16, 32, 64, 128, 256)
+
+
+def tpu_slices(devices: int) -> str:
+    """The Cloud TPU slices whose JAX device count is `devices` (one JAX device per chip).
+    v5p names count TensorCores (2 per chip: v5p-64 = 32 chips); v5e and v6e names count chips."""
+    names = []
+    if devices % 4 == 0 and devices <= 6144:
+        names.append(f"v5p-{2 * devices}")
+    if devices in V5E_V6E_CHIPS:
+        names += [f"v5e-{devices}", f"v6e-{devices}"]
+    if not names:
+        return f"no single TPU v5p/v5e/v6e slice has {devices} chips"
+    return f"TPU slices with {devices} chips = {devices} JAX devices: {', '.join(names)}"
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
 def plan_rows(cfg: Any, compile_steps: bool = True) -> tuple[jax.sharding.Mesh, list[dict]]:
     config_lib.validate(cfg)
     mesh = sharding.make_mesh(cfg.mesh)
@@ -76,6 +105,8 @@ def plan_rows(cfg: Any, compile_steps: bool = True) -> tuple[jax.sharding.Mesh, 
             _, compiled = compile_train_step(cfg, s, mesh, stages[i - 1] if i > 0 else None)
             row["train_step_memory"] = _memory(compiled)
             row["train_step_compile_s"] = time.perf_counter() - t0
+            row["collectives"] = collectives.hlo_collectives(compiled.as_text())
+            row["analytic_collectives"] = analytic_collectives(cfg, s, abstract.params, mesh)
             if i > 0 and cfg.mode == "progressive":
                 t0 = time.perf_counter()
                 row["expansion_memory"] = _memory(compile_expansion(cfg, stages[i - 1], s, mesh))
@@ -92,6 +123,7 @@ def print_plan(cfg: Any, compile_steps: bool = True) -> list[dict]:
     mesh, rows = plan_rows(cfg, compile_steps)
     print(f"mesh {dict(mesh.shape)} on {mesh.devices.size} {jax.devices()[0].platform} device(s); mode {cfg.mode}; "
           f"batch {cfg.data.batch_size} x seq {cfg.data.seq_len}")
+    print(tpu_slices(mesh.devices.size) + " (v5p names count TensorCores, 2 per chip; v5e/v6e names count chips)")
     total = 0.0
     for r in rows:
         total += r["stage_flops"]
@@ -105,6 +137,13 @@ def print_plan(cfg: Any, compile_steps: bool = True) -> list[dict]:
             print(f"  compiled train step ({r['train_step_compile_s']:.1f}s): arguments {_gib(m.get('argument_size_in_bytes', 0))}, "
                   f"outputs {_gib(m.get('output_size_in_bytes', 0))} (aliased {_gib(m.get('alias_size_in_bytes', 0))}), "
                   f"temporaries {_gib(m.get('temp_size_in_bytes', 0))} per device")
+        if "collectives" in r:
+            c, a = r["collectives"], r["analytic_collectives"]
+            kinds = ", ".join(f"{k} {v['count']}x {_mib(v['bytes'])}" for k, v in c.items() if v["count"])
+            print(f"  collectives per step (compiled HLO): {kinds or 'none'}; per-device traffic "
+                  f"{_mib(sum(v['traffic'] for v in c.values()))}")
+            print(f"  analytic per-device traffic: fsdp {_mib(a['fsdp'])} + data {_mib(a['data'])} + "
+                  f"tensor {_mib(a['tensor'])} = {_mib(a['total'])}")
         if "expansion_memory" in r:
             m = r["expansion_memory"]
             print(f"  compiled expansion from the previous member ({r['expansion_compile_s']:.1f}s): arguments "

@@ -74,6 +74,10 @@ def markdown(report: dict) -> str:
         lines += ["", "Epochs (passes over the training stream seen by each member's weights; a progressive member "
                   "counts its whole lineage): " + ", ".join(f"{m['name']} {m['epochs']:.2f}" for m in report["members"]
                                                             if m.get("epochs") is not None)]
+    if report.get("goodput"):
+        from jaxgrow import goodput  # noqa: PLC0415
+
+        lines += ["", goodput.markdown(report["goodput"])]
     lines += ["", "## Plots", ""]
     for name, title in PLOTS.items():  # written next to report.md by `write`
         lines += [f"![{title}]({name})", ""]

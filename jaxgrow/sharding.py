@@ -132,3 +132,54 @@ def constrain(x: jax.Array, axes: Sequence[str]) -> jax.Array:
     if mesh.empty:
         return x
     return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, x.shape, dict(mesh.shape)))
+
+
+def process_rows(batch_sharding: jax.sharding.Sharding, global_batch: int, ndim: int = 2) -> np.ndarray:
+    """Rows of a [global_batch, ...] array this process must supply, in the order that
+    `jax.make_array_from_process_local_data` reads them (its shards' row starts, ascending).
+
+    Taken from the sharding itself, not from an assumed block layout: when the tensor (or fsdp) axis
+    spans hosts, several processes hold the same rows and must read identical data.
+    """
+    shape = (global_batch,) + (1,) * (ndim - 1)
+    index_map = batch_sharding.addressable_devices_indices_map(shape)
+    starts = sorted({idx[0].start or 0 for idx in index_map.values()})
+    stops = {idx[0].start or 0: global_batch if idx[0].stop is None else idx[0].stop for idx in index_map.values()}
+    return np.concatenate([np.arange(s, stops[s]) for s in starts]).astype(np.int64)
+
+
+def axes_spanning_processes(mesh: Mesh) -> list[str]:
+    """Mesh axes along which devices of different processes meet (the axes whose collectives cross hosts)."""
+    procs = np.vectorize(lambda d: d.process_index)(mesh.devices)
+    return [name for i, name in enumerate(mesh.axis_names)
+            if mesh.devices.shape[i] > 1 and np.any(np.diff(procs, axis=i) != 0)]
+
+
+_warned: set = set()
+
+
+def undivided_dims(model_cfg: Any, mesh_shape: dict[str, int]) -> list[str]:
+    """'param dim (size n) over axes (size m)' for each parameter dimension the mesh would split but
+    cannot (its size is not divisible): those dimensions are replicated, e.g. 3 heads over tensor=2."""
+    out = []
+    for spec in layout.param_specs(model_cfg):
+        for name, size in zip(spec.axes, spec.shape):
+            axes = tuple(a for a in layout.LOGICAL_AXIS_RULES[name] if mesh_shape.get(a, 1) > 1)
+            n = math.prod(mesh_shape[a] for a in axes) if axes else 1
+            if n > 1 and size % n:
+                out.append(f"{spec.name} {name} (size {size}) over {'x'.join(axes)} (size {n})")
+    return out
+
+
+def warn_undivided(model_cfg: Any, mesh: Mesh, what: str = "") -> None:
+    """Logs (once per model and mesh) the dimensions that are replicated because they do not divide."""
+    import logging  # noqa: PLC0415
+
+    dims = undivided_dims(model_cfg, dict(mesh.shape))
+    key = (repr(sorted(dims)), tuple(mesh.shape.items()))
+    if dims and key not in _warned:
+        _warned.add(key)
+        logging.getLogger("jaxgrow").warning(
+            "%smesh %s cannot split %d parameter dimension(s); they are replicated instead (correct, but uses "
+            "more memory and compute per device): %s", f"{what}: " if what else "", dict(mesh.shape), len(dims),
+            "; ".join(dims[:6]) + (" ..." if len(dims) > 6 else ""))

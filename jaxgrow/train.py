@@ -289,7 +289,8 @@ class StageSpec:
 
 def run_stage(spec: StageSpec, state: TrainState, train_step: Callable, eval_step: Callable,
               data_iter: Any, eval_batches: list, ckpts: checkpoint.Checkpoints, metrics_log: logs.MetricsLog,
-              run_cfg: Any, workdir: Path, signals: SignalFlag, teacher_params: Any = None) -> TrainState:
+              run_cfg: Any, workdir: Path, signals: SignalFlag, teacher_params: Any = None,
+              goodput: Any = None) -> TrainState:
     """Trains `state` from its step to spec.steps, checkpointing, logging and evaluating.
 
     Host syncs happen only at log, eval and checkpoint intervals. Raises Preempted after saving when
@@ -298,6 +299,9 @@ def run_stage(spec: StageSpec, state: TrainState, train_step: Callable, eval_ste
     """
     from tqdm import tqdm  # noqa: PLC0415
 
+    from jaxgrow.goodput import Goodput  # noqa: PLC0415
+
+    gp = goodput if goodput is not None else Goodput()
     start = int(jax.device_get(state.step))
     log_every, eval_every = run_cfg.log.every_steps, run_cfg.log.eval_every_steps
     ckpt_every = run_cfg.checkpoint.every_steps
@@ -322,9 +326,16 @@ def run_stage(spec: StageSpec, state: TrainState, train_step: Callable, eval_ste
                                 f"the last good checkpoint is kept in {ckpts.directory}")
 
     for step in range(start, spec.steps):
+        t_iter, measured = time.perf_counter(), sum(gp.seconds.values())
         if profile and step == profile[0]:
             jax.profiler.start_trace(str(Path(workdir, "profile", f"{spec.index}-{spec.name}")))
-        state, metrics = train_step(state, next(data_iter), *extra)
+        with gp.measure("data"):
+            batch = next(data_iter)
+        if step == start:  # the first call traces and compiles
+            with gp.measure("compile"):
+                state, metrics = jax.block_until_ready(train_step(state, batch, *extra))
+        else:
+            state, metrics = train_step(state, batch, *extra)
         faults.point("train_step")
         done = step + 1
         if profile and done == profile[1]:
@@ -349,7 +360,9 @@ def run_stage(spec: StageSpec, state: TrainState, train_step: Callable, eval_ste
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
 
         if done % eval_every == 0 or done == spec.steps:
-            loss = evaluate_loss(eval_step, state.params, eval_batches)
+            jax.block_until_ready(state)  # the steps' time is train time, not eval time
+            with gp.measure("eval"):
+                loss = evaluate_loss(eval_step, state.params, eval_batches)
             metrics_log.write(dict(base, step=done, eval_loss=loss, eval_ppl=math.exp(min(loss, 50.0)),
                                    train_flops=spec.flops_at(done)))
             t_last = time.perf_counter()  # keep eval time out of tokens_per_sec
@@ -363,12 +376,16 @@ def run_stage(spec: StageSpec, state: TrainState, train_step: Callable, eval_ste
         stop = signals.signum is not None or (multi_host and ckpts.reached_preemption(done))
         if done % ckpt_every == 0 or done == spec.steps or stop:
             check_finite(done)
-            save(done)
+            jax.block_until_ready(state)
+            with gp.measure("checkpoint"):
+                save(done)
             t_last = time.perf_counter()
+        gp.add("train", time.perf_counter() - t_iter - (sum(gp.seconds.values()) - measured))
         if stop:
             ckpts.wait()
             bar.close()
             raise Preempted(signals.signum or signal.SIGTERM)
     bar.close()
-    ckpts.wait()
+    with gp.measure("checkpoint"):
+        ckpts.wait()
     return state

@@ -45,3 +45,26 @@ def test_every_layout_axis_has_a_rule():
     for spec in layout.param_specs(m):
         assert all(a in layout.LOGICAL_AXIS_RULES for a in spec.axes)
         assert len(spec.axes) == len(spec.shape) == len(spec.roles)
+
+
+def test_undivided_dimensions_are_named_and_warned(devices8, caplog):
+    import logging  # noqa: PLC0415
+
+    m = config.model_config(vocab_size=512, hidden_size=64, ffn_size=128, num_layers=1, num_heads=3,
+                            num_kv_heads=1, head_dim=16)
+    dims = sharding.undivided_dims(m, {"data": 1, "fsdp": 2, "tensor": 2})
+    assert "layers/attn/q_proj q_heads (size 3) over tensor (size 2)" in dims
+    assert any(d.startswith("layers/attn/k_proj kv_heads (size 1)") for d in dims)
+    assert not any("embed" in d.split()[1] for d in dims)  # 64 splits over fsdp=2
+    mesh = sharding.make_mesh(mesh_cfg(data=1, fsdp=4, tensor=2), devices8)
+    with caplog.at_level(logging.WARNING, logger="jaxgrow"):
+        sharding.warn_undivided(m, mesh, "stage 0 (x)")
+        sharding.warn_undivided(m, mesh, "stage 0 (x)")
+    assert len([r for r in caplog.records if "replicated instead" in r.message]) == 1
+
+
+def test_process_rows_follow_the_sharding(devices8):
+    # one process owns every device here: it supplies all rows, in order, whatever the mesh
+    mesh = sharding.make_mesh(mesh_cfg(data=2, fsdp=2, tensor=2), devices8)
+    assert list(sharding.process_rows(sharding.batch_sharding(mesh), 8)) == list(range(8))
+    assert sharding.axes_spanning_processes(mesh) == []
