@@ -79,8 +79,6 @@ def read_prefix_texts(paths: list[Path], limit: int) -> list[str]:
 
 def rss_child(tok_dir: str, eval_dir: str) -> None:
     """A training process on `tok_dir`: prints its peak RSS (MB) as JSON."""
-    import resource
-
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -104,7 +102,9 @@ def rss_child(tok_dir: str, eval_dir: str) -> None:
     for _ in range(30):
         state, m = step(state, next(it))
     jax.block_until_ready(state)
-    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    # VmHWM: this process's own peak (ru_maxrss would carry the parent's peak over fork+exec)
+    hwm_kb = next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
+    print(json.dumps({"peak_rss_mb": hwm_kb / 1024,
                       "train_tokens": len(corpus.train)}))
 
 
@@ -116,9 +116,16 @@ def main() -> None:
     ap.add_argument("--vocab_size", type=int, default=32768)
     ap.add_argument("--loader_batches", type=int, default=8)
     ap.add_argument("--rss_child", nargs=2, default=None)
+    ap.add_argument("--only_rss", action="store_true")
     args = ap.parse_args()
     if args.rss_child:
         rss_child(*args.rss_child)
+        return
+    if args.only_rss:  # re-measure RSS for an existing run directory, keep its other numbers
+        name = "bench_data.json" if args.gb >= 2 else "bench_data_small.json"
+        result = json.loads((REPO / "experiments" / "results" / "cpu" / name).read_text())
+        measure_rss(Path(args.dir), result)
+        write(result, args)
         return
 
     import numpy as np
@@ -148,8 +155,10 @@ def main() -> None:
     texts = read_prefix_texts(corpus, RAW_SAMPLE_BYTES)
     sample_bytes = sum(len(t.encode()) for t in texts)
     t = time.perf_counter()
-    n_raw = sum(len(e.ids) for e in tok.encode_batch_fast(texts, add_special_tokens=False))
+    encodings = tok.encode_batch_fast(texts, add_special_tokens=False)
     raw_s = time.perf_counter() - t
+    n_raw = sum(len(e.ids) for e in encodings)
+    del encodings
     del texts
     result["raw_encode_batch"] = {"bytes": sample_bytes, "tokens": n_raw, "seconds": raw_s,
                                   "bytes_per_s": sample_bytes / raw_s, "tokens_per_s": n_raw / raw_s}
@@ -179,7 +188,13 @@ def main() -> None:
                             "--out", str(work / name), "--tokenizer", str(tok_path), "--workers", "1"],
                            cwd=REPO, check=True, capture_output=True)
 
-    # peak RSS of a training process: full corpus vs 20 MB corpus
+    measure_rss(work, result)
+    loader(work, out, manifest, args, result)
+    write(result, args)
+
+
+def measure_rss(work: Path, result: dict) -> None:
+    """Peak RSS of a training process: full corpus vs 20 MB corpus."""
     rss = {}
     for name in ("tokens", "tokens_small"):
         env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -195,7 +210,14 @@ def main() -> None:
           f"{rss['tokens_small']['peak_rss_mb']:.0f} MB ({rss['tokens_small']['train_tokens']:,} tokens) = "
           f"{delta:.0f} MB (goal <= 100)", flush=True)
 
-    # loader throughput at the 1B member's batch shape (one host reads the whole global batch)
+
+
+def loader(work: Path, out: Path, manifest: dict, args, result: dict) -> None:
+    """Loader throughput at the 1B member's batch shape (one host reads the whole global batch)."""
+    import numpy as np
+
+    from jaxgrow import data
+
     store = data.TokenStore([(out, manifest)])
     ds = data.train_dataset(store, 4096, 512, seed=0)
     t = time.perf_counter()
@@ -209,6 +231,9 @@ def main() -> None:
     print(f"loader: {loader_tps:,.0f} tokens/s (512 x 4096 batches, 1 host) / {H200_1B_TOKENS_PER_SEC:,} = "
           f"{result['loader_ratio']:.1f} (goal >= 10)", flush=True)
 
+
+
+def write(result: dict, args) -> None:
     dest = REPO / "experiments" / "results" / "cpu" / ("bench_data.json" if args.gb >= 2 else "bench_data_small.json")
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(result, indent=2))

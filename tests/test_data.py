@@ -115,14 +115,14 @@ def test_tokenize_same_bytes_for_any_workers_and_resumes(tmp_path, bpe):
 def test_tokenize_cli_trains_bpe_from_bounded_sample_and_resumes(tmp_path):
     files = write_formats(tmp_path / "in", make_docs(200))
     out = tmp_path / "tok"
-    proc = run_cli("tokenize", "--inputs", f"{files['.jsonl.gz']},{files['.parquet']}", "--out", "OUT",
+    proc = run_cli("tokenize", "--inputs", f"{files['.jsonl.gz']},{files['.parquet']}", "--out", str(out),
                    "--vocab_size", "400", "--workers", "2", check=True)
     assert "tokens/s" in proc.stdout and "tokenized 2 file(s)" in proc.stdout
     m = json.loads((out / "manifest.json").read_text())
     tok = tokenizing.load_tokenizer(str(out))
     assert tok.get_vocab_size() == 400 and m["eos_token"] == "<|endoftext|>"
     before = shard_bytes(out)
-    proc = run_cli("tokenize", "--inputs", f"{files['.jsonl.gz']},{files['.parquet']}", "--out", "OUT", check=True)
+    proc = run_cli("tokenize", "--inputs", f"{files['.jsonl.gz']},{files['.parquet']}", "--out", str(out), check=True)
     assert shard_bytes(out) == before
 
 
