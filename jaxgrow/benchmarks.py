@@ -589,7 +589,8 @@ def workdir_tokenizer(cfg: Any, workdir: Path):
     from jaxgrow import data  # noqa: PLC0415
 
     path = cfg.data.tokenizer or Path(workdir, "tokenizer.json")
-    return data.load_tokenizer(path, cfg.model.vocab_size)
+    return data.load_tokenizer(path, cfg.model.vocab_size, eos_token=cfg.data.get("eos_token", ""),
+                               bos_token=cfg.data.get("bos_token", "")).tokenizer
 
 
 def evaluate_workdir(workdir: Path, suite: str, member: str | None = None, limit: int | None = None, shots: int = 0,
@@ -707,7 +708,7 @@ def _cached_items(suite: str, shots: int, limit: int | None) -> dict:
 def _cached_tokenizer(path: str, vocab_size: int):
     from jaxgrow import data  # noqa: PLC0415
 
-    return data.load_tokenizer(path, vocab_size)
+    return data.load_tokenizer(path, vocab_size).tokenizer
 
 
 def in_loop(run_cfg: Any, model_cfg: Any, params: Any, workdir: Path, step: int, last_step: int, record: dict,
