@@ -181,7 +181,8 @@ def _run_one_stage(setup: Setup, stage: StageBudget, flops_before: float, steps_
         meta=checkpoint.Meta(stage=stage.index, member=stage.name, mode=cfg.mode, model=stage.model.to_dict()))
     with jax.set_mesh(mesh):
         state = train.run_stage(spec, state, compiled.train_step, compiled.eval_step, data_iter, setup.eval_batches,
-                                ckpts, metrics_log, cfg, workdir, signals, teacher_params, goodput=setup.goodput)
+                                ckpts, metrics_log, cfg, workdir, signals, teacher_params, goodput=setup.goodput,
+                                after_eval=_benchmark_hook(cfg, stage, workdir, metrics_log))
         with setup.goodput.measure("checkpoint") if setup.goodput else contextlib.nullcontext():
             final = checkpoint.Checkpoints(member_dir(workdir, stage.name), async_save=cfg.checkpoint.async_save)
             final.save(stage.steps, state.params, state.opt_state, spec.meta.replace(
@@ -193,6 +194,16 @@ def _run_one_stage(setup: Setup, stage: StageBudget, flops_before: float, steps_
         metrics_log.write({"stage": stage.index, "member": stage.name, "goodput": setup.goodput.summary()})
     ckpts.close()
     log.info("stage %d (%s): done, member checkpoint in %s", stage.index, stage.name, member_dir(workdir, stage.name))
+
+
+def _benchmark_hook(cfg: Any, stage: StageBudget, workdir: Path, metrics_log):
+    """config.eval.suite during training: (step, params, record) -> whether the suite ran."""
+    if cfg.get("eval") is None or not cfg.eval.suite:
+        return None
+    from jaxgrow import benchmarks  # noqa: PLC0415
+
+    return lambda step, params, record: benchmarks.in_loop(cfg, stage.model, params, workdir, step, stage.steps,
+                                                           record, metrics_log)
 
 
 def write_report(setup: Setup) -> dict:

@@ -106,3 +106,17 @@ def load_rule_file(path: str | Path, cfg: Any) -> dict:
     if rule["lr"].get("rule") not in RULES:
         raise InputError(f"--lr_rule_file={p}: lr.rule={rule['lr'].get('rule')!r} must be one of {list(RULES)}")
     return rule
+
+
+def apply_rule_file(cfg: Any, path: str) -> Any:
+    """The config with the fitted rule of `path` (written by lr_sweep.py); InputError if it does not fit."""
+    import ml_collections  # noqa: PLC0415
+
+    from jaxgrow import config as config_lib  # noqa: PLC0415
+
+    rule = load_rule_file(path, cfg)
+    out = ml_collections.ConfigDict(cfg.to_dict())
+    for key, value in rule["lr"].items():
+        out.lr[key] = value
+    config_lib.validate(out)
+    return out

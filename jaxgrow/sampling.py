@@ -89,16 +89,8 @@ def sample_workdir(workdir: Path, member: str | None, prompt: str, max_new_token
     starts from <|endoftext|>, the document separator the models were trained with."""
     inference.check_sampling_args(max_new_tokens, temperature, top_k, top_p)
     _, stages = workdir_lib.select_members(workdir, member)
-    tok_path = Path(workdir, "tokenizer.json")
-    if not tok_path.is_file():
-        raise InputError(f"--workdir={workdir} has no tokenizer.json; cannot encode --prompt")
-    tok = Tokenizer.from_file(str(tok_path))
-    eos_id = tok.token_to_id(EOS)
-    prompt_ids = tok.encode(prompt, add_special_tokens=False).ids if prompt else []
-    if not prompt_ids:
-        if eos_id is None:
-            raise InputError(f"--prompt is empty and {tok_path} has no {EOS} token to start from")
-        prompt_ids = [eos_id]
+    tok = _tokenizer(workdir, "--workdir")
+    eos_id, prompt_ids = _prompt_ids(tok, prompt)
     mesh = sharding.eval_mesh(jax.devices()[:1])  # tiny models and no batch to split: one device
     results = {}
     for stage in stages:
@@ -131,6 +123,18 @@ def _tokenizer(workdir, flag: str):
     return Tokenizer.from_file(str(path))
 
 
+def _prompt_ids(tok, prompt: str) -> tuple[int | None, list[int]]:
+    """(EOS id, the prompt's token ids); an empty prompt starts from EOS, the document separator the
+    models were trained with."""
+    eos_id = tok.token_to_id(EOS)
+    prompt_ids = tok.encode(prompt, add_special_tokens=False).ids if prompt else []
+    if not prompt_ids:
+        if eos_id is None:
+            raise InputError(f"--prompt is empty and the tokenizer has no {EOS} token to start from")
+        prompt_ids = [eos_id]
+    return eos_id, prompt_ids
+
+
 def sample_speculative_workdir(workdir, member: str, draft: str, draft_workdir, prompt: str, max_new_tokens: int,
                                temperature: float, top_k: int, top_p: float, seed: int,
                                gamma: int = inference.DEFAULT_GAMMA) -> dict:
@@ -147,12 +151,7 @@ def sample_speculative_workdir(workdir, member: str, draft: str, draft_workdir, 
         raise InputError(f"--draft_workdir={draft_workdir}: its tokenizer differs from --workdir's; the draft must "
                          "share the target's tokenizer")
     inference.check_draft(target_stage.model, draft_stage.model, f"--member={member}", f"--draft={draft}")
-    eos_id = tok.token_to_id(EOS)
-    prompt_ids = tok.encode(prompt, add_special_tokens=False).ids if prompt else []
-    if not prompt_ids:
-        if eos_id is None:
-            raise InputError(f"--prompt is empty and the tokenizer has no {EOS} token to start from")
-        prompt_ids = [eos_id]
+    eos_id, prompt_ids = _prompt_ids(tok, prompt)
     inference.check_prompt(prompt_ids, target_stage.model, max_new_tokens + gamma + 1)
     mesh = sharding.eval_mesh(jax.devices()[:1])
     target_params = workdir_lib.member_params(workdir, target_stage, mesh)

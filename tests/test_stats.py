@@ -189,8 +189,7 @@ def _fake_run(losses, kl, flops, epochs, acc):
 
 
 def test_compare_pairs_arms_by_seed_and_decides_each_claim(tmp_path):
-    sys.path.insert(0, str(REPO / "experiments"))
-    import reproduce_paper  # noqa: PLC0415
+    from jaxgrow import comparison  # noqa: PLC0415
 
     seeds = [0, 1, 2]
     shift = {0: 0.0, 1: 0.3, 2: -0.2}  # seed effect shared by the arms
@@ -202,7 +201,7 @@ def test_compare_pairs_arms_by_seed_and_decides_each_claim(tmp_path):
         "independent": {s: _fake_run([5 + shift[s], 4.52 + shift[s] + 0.001 * s], 0.45 + shift[s] / 10, [1, 3],
                                      [0.1, 0.3], 0.25) for s in seeds},
     }
-    c = reproduce_paper.compare(results, seeds)
+    c = comparison.compare(results, seeds)
     claims = {cl["name"]: cl for cl in c["claims"]}
     # 1 - 3/4 = 25% saved; progressive's m1 is ~0.4% below independent: met (interval below the 0.5% margin)
     assert c["flops_saved_fraction"]["progressive"] == pytest.approx(0.25)
@@ -214,9 +213,9 @@ def test_compare_pairs_arms_by_seed_and_decides_each_claim(tmp_path):
     row = c["members"][1]["arms"]["independent"]
     assert row["eval_loss_mean"] == pytest.approx(np.mean([4.52 + shift[s] + 0.001 * s for s in seeds]))
     assert row["epochs"] == pytest.approx(0.3) and row["tasks/cont/acc_norm_mean"] == pytest.approx(0.25)
-    md = reproduce_paper.markdown(c)
+    md = comparison.markdown(c)
     assert "**met**" in md and "**not_met**" in md and "tasks/cont/acc_norm" in md
-    reproduce_paper.plot(c, tmp_path / "c.png")
+    comparison.plot(c, tmp_path / "c.png")
     assert (tmp_path / "c.png").stat().st_size > 1000
 
 
@@ -231,7 +230,5 @@ def test_lr_sweep_fits_a_rule_that_reproduce_paper_accepts(tmp_path):
     assert [s["name"] for s in rule["sweep"]] == ["small", "medium", "large"]
     assert all(len(s["eval_loss"]) == 2 and np.isfinite(s["eval_loss"]).all() for s in rule["sweep"])
     assert rule["lr"]["rule"] == "power" and rule["fit"]["alpha_ci95"] is not None  # 3 sizes: an interval on alpha
-    sys.path.insert(0, str(REPO / "experiments"))
-    import reproduce_paper  # noqa: PLC0415
-    cfg = reproduce_paper.apply_lr_rule_file(_repro_cfg(), str(out))
+    cfg = lr_fit.apply_rule_file(_repro_cfg(), str(out))
     assert cfg.lr.rule == "power" and cfg.lr.alpha == pytest.approx(rule["fit"]["alpha"])
