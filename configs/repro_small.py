@@ -5,19 +5,16 @@ Members as in family_tiny (non-embedding params 0.10M, 0.31M, 0.79M); the `power
 member (override with the fitted rule: reproduce_paper.py --lr_rule_file, from experiments/lr_sweep.py).
 """
 
-from jaxgrow.config import add_member, base_config, model_config
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import family_tiny  # noqa: E402  (the same members and data)
 
 
 def get_config():
-    c = base_config()
-    c.model = model_config(vocab_size=2048, head_dim=32, num_kv_heads=1)
-    add_member(c, "small", hidden_size=64, ffn_size=192, num_layers=2, num_heads=2)
-    add_member(c, "medium", hidden_size=96, ffn_size=256, num_layers=3, num_heads=3)
-    add_member(c, "large", hidden_size=128, ffn_size=384, num_layers=4, num_heads=4, num_kv_heads=2)
-    c.data.seq_len = 128
-    c.data.batch_size = 16
+    c = family_tiny.get_config()
     c.data.eval_batches = 8
-    c.budget.largest_tokens = 400_000
     c.lr.rule = "power"
     c.lr.peak = 3e-3      # at n_ref = the smallest member
     c.lr.n_ref = 98_624
