@@ -4,7 +4,7 @@
         --num_lrs 4] [--rule table|power] [--seed 0] [--out W/lr_rule.json] [--config.x=y ...]
 
 Each member size trains independently (from scratch, its own independent-mode token budget, the config's schedule
-shape) once per peak LR, as a one-member `constant`-rule run in W/<member>/lr<k>/ (resumable). The loss-optimal
+shape) once per peak LR, as a one-member `constant`-rule run in W/<member>/lr<peak>/ (resumable). The loss-optimal
 peak per size is the best held-out loss, refined by a parabola in log(lr) through its neighbours; then
 `peak = a·N^-α` is fitted by least squares in log-log, with a 95% t-interval on α (needs >= 3 sizes). The rule file
 (JSON, see jaxgrow/lr_fit.py) holds the override `lr.rule=table` (the per-size optima, log-log interpolated) or
@@ -88,8 +88,9 @@ def run(argv) -> None:
     t0 = time.perf_counter()
     for i, stage in enumerate(stages):
         losses = []
-        for k, lr in enumerate(lrs):
-            loss = run_one(member_config(base, i, lr, FLAGS.seed), workdir / stage.name / f"lr{k}")
+        for lr in lrs:
+            # the run directory names its LR, so a rerun with another range never reuses a run at a different LR
+            loss = run_one(member_config(base, i, lr, FLAGS.seed), workdir / stage.name / f"lr{lr:.6g}")
             losses.append(loss)
             print(f"[{stage.name} N={stage.non_embedding_params:,}] peak {lr:.4g}: held-out loss {loss:.4f}", flush=True)
         best = lr_fit.optimal_peak(lrs, losses)

@@ -12,7 +12,6 @@ from typing import Any
 
 import jax
 import ml_collections
-from tokenizers import Tokenizer
 
 from jaxgrow import checkpoint, config as config_lib, data, evaluate, expand, export, hf, sharding, storage, train
 from jaxgrow import workdir as workdir_lib
@@ -91,7 +90,8 @@ def evaluate_members(workdir: Path, task_files: list[str]) -> dict:
             if not checkpoint.has_checkpoint(workdir_lib.member_dir(workdir, s.name)):
                 continue
             params = workdir_lib.member_params(workdir, s, mesh)
-            entry = {"eval_loss": evaluate.eval_loss(params, s.model, batches), "tasks": {}}
+            entry = {"eval_loss": evaluate.eval_loss(params, s.model, batches, corpus.document_eos(cfg.data)),
+                     "tasks": {}}
             for name, task in items.items():
                 entry["tasks"][name] = evaluate.score_tasks(params, s.model, corpus.tokenizer, task, cfg.data.seq_len)
             result["members"][s.name] = entry
@@ -162,17 +162,14 @@ def import_to_workdir(hf_dir: Path, workdir: Path) -> Path:
 
 
 def _warn_tokenizer_mismatch(tokenizer: Path, model_cfg: Any) -> None:
-    """Training on the imported run needs the tokenizer's size = vocab_size and an <|endoftext|>."""
+    """Training on the imported run reads data through this tokenizer: warn now (the import itself
+    succeeds) when the data rules would refuse it: more tokens than model.vocab_size, or no EOS
+    token that data.eos_token could name (the rules of data.load_tokenizer)."""
     if not tokenizer.is_file():
         log.warning("%s has no tokenizer.json; set data.tokenizer before training on the imported run",
                     tokenizer.parent)
         return
     try:
-        tok = Tokenizer.from_file(str(tokenizer))
-    except Exception:  # noqa: BLE001  (tokenizers raises its own exception types)
-        log.warning("%s is not a tokenizers JSON file; it is copied but training on it will fail", tokenizer)
-        return
-    if tok.get_vocab_size() != model_cfg.vocab_size or tok.token_to_id(data.EOS) is None:
-        log.warning("%s: vocab size %d (model %d), %s token %s; training on it needs equal sizes and that token",
-                    tokenizer, tok.get_vocab_size(), model_cfg.vocab_size, data.EOS,
-                    "present" if tok.token_to_id(data.EOS) is not None else "missing")
+        data.load_tokenizer(tokenizer, model_cfg.vocab_size, "tokenizer.json")
+    except data.DataError as e:  # unparseable file, too many tokens, or no recognised EOS token
+        log.warning("%s; training on the imported run needs data.tokenizer / data.eos_token that fit", e)

@@ -282,6 +282,11 @@ class Corpus:
     def eos_id(self) -> int:
         return self.info.eos_id
 
+    def document_eos(self, data_cfg: Any) -> int | None:
+        """The EOS id that separates documents when data.document_masking is on, else None: training
+        and every held-out loss (report, `evaluate`) then mask attention at the same boundaries."""
+        return self.eos_id if data_cfg.get("document_masking", False) else None
+
     @property
     def train_tokens(self) -> int:
         """Tokens in the training stream, all mixture sources together (epochs are counted against it)."""

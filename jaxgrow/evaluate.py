@@ -53,8 +53,9 @@ def kl_between(params_a: Any, cfg_a: Any, params_b: Any, cfg_b: Any, batches: li
     return ab / len(batches), ba / len(batches)
 
 
-def eval_loss(params: Any, cfg: Any, batches: list) -> float:
-    return train.evaluate_loss(jax.jit(train.make_eval_step(cfg)), params, batches)
+def eval_loss(params: Any, cfg: Any, batches: list, document_eos: int | None = None) -> float:
+    """Mean held-out loss; with document_eos (data.document_masking), scored as it was trained."""
+    return train.evaluate_loss(jax.jit(train.make_eval_step(cfg, document_eos)), params, batches)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -86,11 +86,6 @@ def prepare(cfg: Any, workdir: Path) -> Setup:
     return Setup(cfg, workdir, mesh, corpus, eval_batches, stages)
 
 
-def document_eos(cfg: Any, corpus: data.Corpus) -> int | None:
-    """The EOS id that separates documents when data.document_masking is on, else None."""
-    return corpus.eos_id if cfg.data.get("document_masking", False) else None
-
-
 def expand_state(setup: Setup, prev: StageBudget, stage: StageBudget, optimizer):
     """The first state of stage k: the previous member grown (randomness from seed and stage index)."""
     cfg = setup.cfg
@@ -137,7 +132,7 @@ def _run_one_stage(setup: Setup, stage: StageBudget, flops_before: float, steps_
     if progressive and cfg.consistency.weight > 0:
         consistency = train.Consistency(prev.model, cfg.consistency.weight, stage.teacher_active_steps)
     compiled = train.compile_stage(stage.model, cfg.optimizer, lr_schedule(cfg, stage), mesh, consistency=consistency,
-                                   document_eos=document_eos(cfg, setup.corpus))
+                                   document_eos=setup.corpus.document_eos(cfg.data))
     optimizer, abstract = compiled.optimizer, compiled.abstract
 
     ckpts = checkpoint.Checkpoints(stage_dir(workdir, stage), keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
@@ -215,7 +210,8 @@ def write_report(setup: Setup) -> dict:
     evals = []
     with jax.set_mesh(setup.mesh):
         for i, s in enumerate(stages):
-            ev = {"eval_loss": evaluate.eval_loss(params[i], s.model, setup.eval_batches),
+            ev = {"eval_loss": evaluate.eval_loss(params[i], s.model, setup.eval_batches,
+                                                 setup.corpus.document_eos(cfg.data)),
                   "kl_to_next": None, "kl_from_next": None}
             if i + 1 < len(stages):
                 ev["kl_to_next"], ev["kl_from_next"] = evaluate.kl_between(

@@ -362,6 +362,11 @@ def test_tokenize_then_mixed_family_survives_sigkill_bitwise(tmp_path):
     assert mixed and all(r["tokens_prose"] > r["tokens_code"] > 0 for r in mixed)
     last = mixed[-1]
     assert abs(last["tokens_prose"] / (last["tokens_prose"] + last["tokens_code"]) - 0.7) < 0.02
+    # the report scores held-out loss with document masking, as training's own evals did: each member's
+    # report loss equals its stage's final in-training eval (unmasked scoring of packed documents differs)
+    final_eval = {r["member"]: r["eval_loss"] for r in recs if "eval_loss" in r}
+    for m in a:
+        assert m["eval_loss"] == pytest.approx(final_eval[m["name"]], rel=1e-5), m["name"]
 
 
 @pytest.mark.slow
@@ -472,3 +477,16 @@ def test_tokenize_and_train_from_an_s3_bucket(tmp_path, s3_emulator):
             "--config.data.seq_len=32", "--config.data.batch_size=8", "--config.data.eval_batches=1",
             "--config.budget.largest_tokens=2560", "--config.log.progress=False", env=s3_emulator, check=True)
     assert json.loads((tmp_path / "run" / "report.json").read_text())["members"]
+
+
+def test_import_warns_exactly_when_the_data_rules_would_refuse_its_tokenizer(mistral_tokenizer, caplog):
+    """`import` follows data.load_tokenizer's rules: a tokenizer smaller than model.vocab_size (padding) with an
+    EOS token is fine; one larger than the model's vocabulary gets a warning that names the rule."""
+    from jaxgrow import commands, config  # noqa: PLC0415
+
+    with caplog.at_level("WARNING", logger="jaxgrow"):
+        commands._warn_tokenizer_mismatch(mistral_tokenizer, config.model_config(vocab_size=32768))
+    assert not caplog.records  # 32000 tokens padded to 32768, </s> found: trains as is
+    with caplog.at_level("WARNING", logger="jaxgrow"):
+        commands._warn_tokenizer_mismatch(mistral_tokenizer, config.model_config(vocab_size=1024))
+    assert len(caplog.records) == 1 and "model.vocab_size=1024" in caplog.text
