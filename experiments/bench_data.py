@@ -6,7 +6,8 @@ Builds (deterministically, seed 0) a corpus of --gb GB of text as .jsonl.zst fil
 random spans of 20-400 lines of the shipped Shakespeare works. Then prints, all measured here:
   tokenize ratio  `jaxgrow tokenize --workers W` end-to-end bytes/s (read, decompress, tokenize, write
                   shards) / raw `Tokenizer.encode_batch` bytes/s on the same text already in memory
-                  (tokenizers' own thread pool on all cores; a 256 MB prefix of the corpus)     goal >= 0.8
+                  (tokenizers' own thread pool on all cores; a 256 MB prefix of the corpus in 16 MB
+                  batches, measured before and after the CLI run, the faster counts)           goal >= 0.8
   RSS delta       peak RSS of a training process (data.prepare on the tokenized dir, the grain
                   pipeline, 30 jitted train steps of a tiny model) on the full corpus minus the same
                   on a 20 MB corpus                                                          goal <= 100 MB
@@ -77,6 +78,23 @@ def read_prefix_texts(paths: list[Path], limit: int) -> list[str]:
     return out
 
 
+def raw_encode(tok, texts: list[str], sample_bytes: int, batch_bytes: int = 16 << 20) -> dict:
+    """Tokenizer.encode_batch_fast throughput over `texts`, in batches of about batch_bytes."""
+    seconds, tokens, start, size = 0.0, 0, 0, 0
+    for i, text in enumerate(texts):
+        size += len(text)
+        if size >= batch_bytes or i == len(texts) - 1:
+            batch = texts[start:i + 1]
+            t = time.perf_counter()
+            encodings = tok.encode_batch_fast(batch, add_special_tokens=False)
+            seconds += time.perf_counter() - t
+            tokens += sum(len(e.ids) for e in encodings)
+            del encodings
+            start, size = i + 1, 0
+    return {"bytes": sample_bytes, "tokens": tokens, "seconds": seconds, "bytes_per_s": sample_bytes / seconds,
+            "tokens_per_s": tokens / seconds}
+
+
 def rss_child(tok_dir: str, eval_dir: str) -> None:
     """A training process on `tok_dir`: prints its peak RSS (MB) as JSON."""
     import jax
@@ -128,10 +146,9 @@ def main() -> None:
         write(result, args)
         return
 
-    import numpy as np
     from tokenizers import Tokenizer
 
-    from jaxgrow import data, tokenizing
+    from jaxgrow import tokenizing
 
     work = Path(args.dir)
     result: dict = {"gb": args.gb, "workers": args.workers, "cpu_count": os.cpu_count()}
@@ -151,18 +168,15 @@ def main() -> None:
         tok.save(str(tok_path))
     tok = Tokenizer.from_file(str(tok_path))
 
-    # raw encode_batch throughput on text already in memory (tokenizers' thread pool, all cores)
+    # raw encode_batch throughput on text already in memory (tokenizers' thread pool, all cores): the
+    # same 256 MB prefix, encoded in 16 MB batches whose encodings are dropped (a 256 MB batch's
+    # Encoding objects would need many GB), once before and once after the CLI run; the ratio uses the
+    # faster of the two, so background load or drift cannot flatter it
     texts = read_prefix_texts(corpus, RAW_SAMPLE_BYTES)
     sample_bytes = sum(len(t.encode()) for t in texts)
-    t = time.perf_counter()
-    encodings = tok.encode_batch_fast(texts, add_special_tokens=False)
-    raw_s = time.perf_counter() - t
-    n_raw = sum(len(e.ids) for e in encodings)
-    del encodings
-    del texts
-    result["raw_encode_batch"] = {"bytes": sample_bytes, "tokens": n_raw, "seconds": raw_s,
-                                  "bytes_per_s": sample_bytes / raw_s, "tokens_per_s": n_raw / raw_s}
-    print(f"raw encode_batch: {sample_bytes / raw_s / 1e6:.2f} MB/s, {n_raw / raw_s:,.0f} tokens/s", flush=True)
+    result["raw_encode_batch"] = [raw_encode(tok, texts, sample_bytes)]
+    print(f"raw encode_batch: {result['raw_encode_batch'][0]['bytes_per_s'] / 1e6:.2f} MB/s, "
+          f"{result['raw_encode_batch'][0]['tokens_per_s']:,.0f} tokens/s", flush=True)
 
     # end-to-end tokenize CLI (fresh output directory)
     out = work / "tokens"
@@ -177,7 +191,11 @@ def main() -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     result["tokenize_cli"] = {"seconds": e2e_s, "tokens": manifest["total_tokens"], "text_bytes": text_bytes,
                               "bytes_per_s": text_bytes / e2e_s, "tokens_per_s": manifest["total_tokens"] / e2e_s}
-    ratio_tok = (text_bytes / e2e_s) / result["raw_encode_batch"]["bytes_per_s"]
+    result["raw_encode_batch"].append(raw_encode(tok, texts, sample_bytes))
+    del texts
+    raw_best = max(r["bytes_per_s"] for r in result["raw_encode_batch"])
+    print(f"raw encode_batch again: {result['raw_encode_batch'][1]['bytes_per_s'] / 1e6:.2f} MB/s", flush=True)
+    ratio_tok = (text_bytes / e2e_s) / raw_best
     result["tokenize_ratio"] = ratio_tok
     print(f"tokenize --workers {args.workers}: {e2e_s:.0f}s, {manifest['total_tokens']:,} tokens, "
           f"{text_bytes / e2e_s / 1e6:.2f} MB/s -> ratio {ratio_tok:.2f} (goal >= 0.8)", flush=True)
