@@ -406,41 +406,6 @@ def test_import_hf_llama_expand_train_with_its_own_tokenizer(tmp_path, mistral_t
 # Remote storage against a real S3 emulator (moto server) on 127.0.0.1
 
 
-@pytest.fixture()
-def s3_emulator():
-    pytest.importorskip("s3fs")
-    pytest.importorskip("moto")
-    import socket
-    import time
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        import s3fs
-
-        s3fs.S3FileSystem.clear_instance_cache()
-        s3fs.S3FileSystem().mkdir("jaxgrow-test")
-        yield env
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-
-
 @pytest.mark.slow
 def test_tokenize_and_train_from_an_s3_bucket(tmp_path, s3_emulator):
     import s3fs
