@@ -277,6 +277,7 @@ class Checkpoints:
 
 def committed_steps(directory: epath.Path | str) -> list[int]:
     """Steps of a remote checkpoint directory whose upload was committed (marker present)."""
+    storage.refresh(directory)  # another process may have committed or removed steps since
     d = epath.Path(str(directory))
     if not d.exists():
         return []

@@ -215,3 +215,35 @@ def list_files(root: epath.Path | str) -> list[str]:
     fs, _, (base,) = fsspec.get_fs_token_paths(str(root))
     base = base.rstrip("/")
     return sorted(f[len(base) + 1:] for f in fs.find(base))
+
+
+def check_bucket(path: epath.Path | str, field: str) -> None:
+    """Raises StorageError unless the bucket of remote `path` exists and can be listed (writes
+    nothing): a typo in the bucket name fails before a run starts, not at its first checkpoint."""
+    import fsspec  # noqa: PLC0415
+
+    text = str(path)
+    check_scheme(text, field)
+    bucket = text.split("://", 1)[1].split("/", 1)[0]
+    try:
+        fs, _, _ = fsspec.get_fs_token_paths(text)
+        found = fs.exists(bucket)
+    except Exception as e:  # credentials, endpoint, network: all mean the run cannot write there
+        raise StorageError(f"{field}={text}: cannot reach bucket {bucket!r} ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    if not found:
+        raise StorageError(f"{field}={text}: bucket {bucket!r} does not exist (create it first)")
+
+
+def refresh(path: epath.Path | str) -> None:
+    """Drops fsspec's cached listings and object details under a remote prefix, so what another
+    process (or a person) changed since is seen: s3fs would otherwise read with a stale ETag."""
+    if not is_remote(path):
+        return
+    import fsspec  # noqa: PLC0415
+
+    fs, _, (p,) = fsspec.get_fs_token_paths(str(path))
+    p = p.rstrip("/")
+    for key in [k for k in list(fs.dircache) if k.startswith(p + "/")]:  # invalidate_cache(p) keeps children
+        fs.dircache.pop(key, None)
+    fs.invalidate_cache(p)  # p and its parents

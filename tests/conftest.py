@@ -113,3 +113,41 @@ def s3_emulator():
         server.wait(timeout=10)
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture()
+def gcs_emulator():
+    """A real GCS server (gcp-storage-emulator, in memory) on 127.0.0.1 with bucket `jaxgrow-test`;
+    yields the env that points gcsfs (and subprocesses) at it, also set in this process meanwhile.
+    GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false: gcsfs otherwise first probes the bucket type over gRPC
+    with TLS, which the emulator does not speak (a minute of handshake retries per filesystem)."""
+    pytest.importorskip("gcsfs")
+    pytest.importorskip("gcp_storage_emulator")
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
+                               f"--port={port}", "--in-memory", "--default-bucket=jaxgrow-test"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        import gcsfs
+
+        gcsfs.GCSFileSystem.clear_instance_cache()
+        yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)

@@ -96,11 +96,13 @@ def test_damage_is_told_apart_from_environment_errors():
 # Remote directories (a real moto S3 server on 127.0.0.1): staged saves, commit markers, quarantine
 
 
-def test_remote_checkpoints_commit_keep_quarantine_and_ignore_uncommitted(s3_emulator):
-    import s3fs
+@pytest.mark.parametrize("scheme,emulator", [("s3", "s3_emulator"), ("gs", "gcs_emulator")])
+def test_remote_checkpoints_commit_keep_quarantine_and_ignore_uncommitted(scheme, emulator, request):
+    import fsspec
 
-    fs = s3fs.S3FileSystem()
-    d = "s3://jaxgrow-test/ck"
+    request.getfixturevalue(emulator)
+    fs = fsspec.filesystem(scheme, skip_instance_cache=True)
+    d = f"{scheme}://jaxgrow-test/ck"
     ckpts = checkpoint.Checkpoints(d, keep=2)
     for step in (1, 2, 3):
         ckpts.save(step, jax.tree.map(lambda x: x * step, TREE), OPT, meta(step, data_state={"next_index": step}))
