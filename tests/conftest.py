@@ -121,10 +121,12 @@ def gcs_emulator():
     yields the env that points gcsfs (and subprocesses) at it, also set in this process meanwhile.
     GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false: gcsfs otherwise first probes the bucket type over gRPC
     with TLS, which the emulator does not speak (a minute of handshake retries per filesystem)."""
-    pytest.importorskip("gcsfs")
-    pytest.importorskip("gcp_storage_emulator")
+    import importlib.util
     import socket
     import time
+
+    if importlib.util.find_spec("gcsfs") is None or importlib.util.find_spec("gcp_storage_emulator") is None:
+        pytest.skip("needs gcsfs and gcp-storage-emulator")
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -134,7 +136,7 @@ def gcs_emulator():
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
     old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    os.environ.update(env)  # before gcsfs is first imported: it reads GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT then
     try:
         for _ in range(100):
             try:

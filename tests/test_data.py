@@ -18,7 +18,7 @@ import pytest
 from etils import epath
 
 from conftest import REPO, run_cli
-from jaxgrow import config as config_lib, data, model, storage, tokenizing
+from jaxgrow import config as config_lib, data, model, tokenizing
 
 # Text the tests have never seen elsewhere: generated, not from the shipped corpus.
 WORDS = ("amber river lantern quiet orbit falcon meadow copper signal harbor velvet thunder cedar "
@@ -276,7 +276,7 @@ def test_bad_inputs_exit_2_one_line_nothing_written(tmp_path, bpe, mistral_token
         (("tokenize", "--inputs", str(files[".jsonl"]), "--out", "foo://bucket/tok", "--vocab_size", "300"),
          "--out=foo://bucket/tok: unknown URL scheme 'foo://'"),
         ((*F, f"--config.data.train_files={tok_dir}", f"--config.data.eval_files={eval_dir}",
-          "--config.model.vocab_size=500"), f"has 512 tokens but model.vocab_size=500"),
+          "--config.model.vocab_size=500"), "has 512 tokens but model.vocab_size=500"),
         ((*F, f"--config.data.train_files={tok_dir}", f"--config.data.eval_files={eval_dir}",
           f"--config.data.tokenizer={mistral_tokenizer}", "--config.model.vocab_size=32000"),
          f"data.train_files: {tok_dir} was tokenized with another tokenizer"),

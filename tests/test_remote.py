@@ -16,9 +16,9 @@ from conftest import REPO, _cli_env, run_cli
 from jaxgrow import checkpoint, workdir as workdir_lib
 
 B = "s3://jaxgrow-test"
-# family_tiny at a tenth of its budget, a stage checkpoint every 3 steps (several per stage), data
-# read from the bucket's tokenized shards
-FAMILY = ("--config", "configs/family_tiny.py", "--config.budget_scale=0.1", "--config.log.progress=False",
+# family_tiny at a fifth of its budget (small 5 steps, medium 12, large 32), a stage checkpoint every
+# 3 steps (several per stage), data read from the bucket's tokenized shards
+FAMILY = ("--config", "configs/family_tiny.py", "--config.budget_scale=0.2", "--config.log.progress=False",
           "--config.log.every_steps=2", "--config.log.eval_every_steps=10", "--config.checkpoint.every_steps=3",
           f"--config.data.train_files={B}/tok/train", f"--config.data.eval_files={B}/tok/held")
 
@@ -72,7 +72,7 @@ def test_family_in_an_s3_workdir_survives_sigkill_and_matches_a_local_run(tmp_pa
     medium = f"{run}/stages/1-medium"
     deadline = time.time() + 600
     while not checkpoint.committed_steps(medium) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, stderr[-3000:]  # killed, not finished
@@ -124,3 +124,25 @@ def test_bad_remote_workdirs_exit_2_one_line_nothing_written(tmp_path, s3_emulat
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("jaxgrow: error:")]
         assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
     assert fs.ls("jaxgrow-test") == [] and fs.ls("", refresh=True) == ["jaxgrow-test"]
+
+
+@pytest.mark.slow
+def test_family_in_a_gcs_workdir_resumes_after_sigkill(gcs_emulator):
+    """gs:// (gcp-storage-emulator): the raw-text data cache, checkpoints and report in the bucket."""
+    import gcsfs
+
+    fs = gcsfs.GCSFileSystem()
+    run = "gs://jaxgrow-test/run"
+    # budget_scale=0.1: small 2 steps, medium 6; a checkpoint every step; die right after the 4th
+    # stage save returned (medium's step 2, committed)
+    args = ("--config", "configs/family_tiny.py", "--config.budget_scale=0.1", "--config.log.progress=False",
+            "--config.checkpoint.every_steps=1", "--workdir", run)
+    killed = run_cli(*args, env={**gcs_emulator, "JAXGROW_FAULT": "checkpoint_saving:4"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert checkpoint.committed_steps(f"{run}/stages/1-medium") == [1, 2]  # keep=2, each upload committed
+    assert fs.exists(f"{run}/tokenizer.json") and fs.find(f"{run}/data")  # the tokenized raw text is cached
+    resumed = run_cli(*args, env=gcs_emulator, check=True)
+    assert "stage 1 (medium): resumed at step 2/6" in resumed.stderr, resumed.stderr[-3000:]
+    report = json.loads(fs.cat(f"{run}/report.json"))
+    assert [m["name"] for m in report["members"]] == ["small", "medium", "large"]
+    assert all(np.isfinite(m["eval_loss"]) for m in report["members"])
