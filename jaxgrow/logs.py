@@ -9,6 +9,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from jaxgrow import storage
@@ -59,7 +60,9 @@ class MetricsLog:
                 self._tb_remote = storage.join(workdir, "tb")
                 self._tb_local = tempfile.mkdtemp(prefix="jaxgrow-tb-")
                 self._tb_uploaded = time.monotonic()
-                self._tb = SummaryWriter(self._tb_local)
+                # event files are named by the second and host: a suffix keeps a quick restart's
+                # file from overwriting the previous process's object in the bucket
+                self._tb = SummaryWriter(self._tb_local, filename_suffix=f".{uuid.uuid4().hex[:8]}")
             else:
                 self._tb = SummaryWriter(str(Path(self._path).parent / "tb"))
 

@@ -78,6 +78,14 @@ def devices8():
     return jax.devices()[:8]
 
 
+def _forget_filesystems() -> None:
+    """etils.epath keeps one fsspec filesystem per scheme for the process (lru_cache): a new emulator
+    on a new port needs a new one (a real run never changes endpoint mid-process)."""
+    from etils.epath import backend  # noqa: PLC0415
+
+    backend.fsspec_backend._get_filesystem.cache_clear()
+
+
 @pytest.fixture()
 def s3_emulator():
     """A real S3 server (moto) on 127.0.0.1 with bucket `jaxgrow-test`; yields the env that points
@@ -106,6 +114,7 @@ def s3_emulator():
         import s3fs
 
         s3fs.S3FileSystem.clear_instance_cache()
+        _forget_filesystems()
         s3fs.S3FileSystem().mkdir("jaxgrow-test")
         yield env
     finally:
@@ -147,6 +156,7 @@ def gcs_emulator():
         import gcsfs
 
         gcsfs.GCSFileSystem.clear_instance_cache()
+        _forget_filesystems()
         yield env
     finally:
         server.terminate()
