@@ -7,6 +7,9 @@
     members/<name>/        each member's final checkpoint (never deleted)
     metrics.jsonl, tb/     training metrics
     report.json, report.md, *.png
+
+The workdir may be local or remote (gs://, s3://): every path here is built with `storage.join`
+(an epath.Path; pathlib would turn `gs://` into `gs:/`) and written through `storage`.
 """
 
 from __future__ import annotations
