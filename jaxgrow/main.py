@@ -195,18 +195,20 @@ def _config():
     return cfg
 
 
-def _workdir(required: bool = True) -> Path | None:
+def _path(value: str, flag: str):
+    """A local (made absolute: orbax needs that) or remote (gs://, s3://) epath.Path; an unknown
+    scheme or a missing filesystem package is an InputError (exit 2, nothing written)."""
+    from jaxgrow import storage  # noqa: PLC0415
+
+    return storage.as_path(value, flag)
+
+
+def _workdir(required: bool = True):
     if FLAGS.workdir is None:
         if required:
             raise UsageError("--workdir is required")
         return None
-    from jaxgrow import storage  # noqa: PLC0415
-
-    storage.check_scheme(FLAGS.workdir, "--workdir")  # unknown scheme / missing fs package: exit 2, nothing written
-    if storage.is_remote(FLAGS.workdir):
-        raise UsageError(f"--workdir={FLAGS.workdir}: remote workdirs are not supported yet; give a local directory "
-                         "(data, tokenized shards and tokenizers may be remote)")
-    return Path(FLAGS.workdir).expanduser().absolute()  # orbax needs absolute paths
+    return _path(FLAGS.workdir, "--workdir")
 
 
 def _member() -> str | None:
@@ -267,7 +269,7 @@ def cmd_expand(rest: list[str]) -> int:
     cfg = _config()
     if not getattr(FLAGS, "from"):
         raise UsageError("--from is required: a checkpoint directory (members/<name> or stages/<k>-<name>)")
-    out = commands.expand_checkpoint(cfg, Path(getattr(FLAGS, "from")).expanduser().absolute(), _workdir())
+    out = commands.expand_checkpoint(cfg, _path(getattr(FLAGS, "from"), "--from"), _workdir())
     print(f"jaxgrow: expanded checkpoint written to {out}; train with --workdir {FLAGS.workdir} to continue")
     return 0
 
@@ -331,7 +333,7 @@ def cmd_export(rest: list[str]) -> int:
 
     if not FLAGS.out:
         raise UsageError("--out is required")
-    written = commands.export_workdir(_workdir(), Path(FLAGS.out).expanduser().absolute(), _member(),
+    written = commands.export_workdir(_workdir(), _path(FLAGS.out, "--out"), _member(),
                                       FLAGS.max_position_embeddings or None, FLAGS.export_dtype)
     for path in written:
         print(f"jaxgrow: exported {path}")
@@ -365,7 +367,7 @@ def cmd_sample_speculative() -> int:
 
     if FLAGS.all or not FLAGS.member:
         raise UsageError("--draft needs --member NAME (the target model), not --all")
-    draft_workdir = Path(FLAGS.draft_workdir).expanduser().absolute() if FLAGS.draft_workdir else None
+    draft_workdir = _path(FLAGS.draft_workdir, "--draft_workdir") if FLAGS.draft_workdir else None
     r = sampling.sample_speculative_workdir(_workdir(), FLAGS.member, FLAGS.draft, draft_workdir, FLAGS.prompt,
                                             FLAGS.max_new_tokens, FLAGS.temperature, FLAGS.top_k, FLAGS.top_p,
                                             FLAGS.seed, FLAGS.gamma)

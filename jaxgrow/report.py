@@ -16,7 +16,7 @@ PLOTS = {"eval_loss_vs_flops.png": "held-out loss vs cumulative train FLOPs",
 
 def read_metrics(workdir: Path) -> list[dict]:
     """metrics.jsonl records; for repeated (stage, step, kind) after a resume the last one wins."""
-    path = Path(workdir, "metrics.jsonl")
+    path = storage.join(workdir, "metrics.jsonl")
     if not path.exists():
         return []
     latest: dict[tuple, dict] = {}
@@ -146,10 +146,12 @@ def eval_series(metrics: list[dict]) -> dict[str, list[tuple[float, float]]]:
 
 
 def write(workdir: Path, report: dict, stages: list, schedules: list) -> None:
-    workdir = Path(workdir)
+    workdir = storage.join(workdir)
     storage.atomic_write_text(workdir / "report.json", json.dumps(report, indent=2))
     storage.atomic_write_text(workdir / "report.md", markdown(report))
     per_member = eval_series(read_metrics(workdir))
-    plot_eval_vs_flops({m: {m: pts} for m, pts in per_member.items()}, workdir / "eval_loss_vs_flops.png",
-                       f"held-out loss vs cumulative FLOPs ({report['mode']})")
-    plot_lr(stages, schedules, workdir / "lr_schedule.png")
+    with storage.local_output(workdir / "eval_loss_vs_flops.png") as path:  # matplotlib writes local files
+        plot_eval_vs_flops({m: {m: pts} for m, pts in per_member.items()}, path,
+                           f"held-out loss vs cumulative FLOPs ({report['mode']})")
+    with storage.local_output(workdir / "lr_schedule.png") as path:
+        plot_lr(stages, schedules, path)

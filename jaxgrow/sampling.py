@@ -117,10 +117,10 @@ def _member_stage(workdir, name: str, flag: str):
 
 
 def _tokenizer(workdir, flag: str):
-    path = Path(workdir, "tokenizer.json")
+    path = storage.join(workdir, "tokenizer.json")
     if not path.is_file():
         raise InputError(f"{flag}={workdir} has no tokenizer.json; cannot encode --prompt")
-    return Tokenizer.from_file(str(path))
+    return Tokenizer.from_str(path.read_text())  # local or remote
 
 
 def _prompt_ids(tok, prompt: str) -> tuple[int | None, list[int]]:
@@ -188,7 +188,7 @@ def evaluate_speculative(workdir, gamma: int = inference.DEFAULT_GAMMA) -> dict[
     for s, nxt, rate in zip(done, done[1:], rates):
         result[s.name] = {"target": nxt.name, **rate}
     if jax.process_index() == 0:
-        path = Path(workdir, "eval.json")
+        path = storage.join(workdir, "eval.json")
         existing = json.loads(path.read_text()) if path.exists() else {"members": {}}
         for name, rate in result.items():
             existing["members"].setdefault(name, {})["draft_acceptance"] = rate

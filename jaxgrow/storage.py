@@ -7,6 +7,11 @@ package is not installed, is an InputError naming the field, raised before anyth
 Atomic writes: locally a temporary sibling is renamed over the target (rename is atomic on POSIX);
 on an object store an object becomes visible only when its upload completes (a single PUT or a
 completed multi-part upload), so writing the object directly is already all-or-nothing.
+
+Directories on an object store are only key prefixes: `upload_tree`/`download_tree` copy a local
+directory to a prefix and back (orbax checkpoints of a remote workdir are staged locally, see
+checkpoint.py), and `local_output` lets writers that need a real file (matplotlib, tensorboardX)
+write locally and upload once they are done.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import contextlib
 import importlib.util
 import os
 import re
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import IO, Iterator
@@ -128,3 +135,115 @@ def glob(pattern: str, field: str) -> list[epath.Path]:
     prefix = scheme(pattern) + "://"
     matches = fs.glob(pattern) if any(c in pattern for c in "*?[") else ([pattern] if fs.exists(pattern) else [])
     return [epath.Path(m if m.startswith(prefix) else prefix + m) for m in sorted(matches)]
+
+
+def join(base: epath.Path | str | os.PathLike, *parts: str) -> epath.Path:
+    """`base / part / ...` as an epath.Path (pathlib.Path(base, ...) would turn gs:// into gs:/)."""
+    return epath.Path(str(base)).joinpath(*parts) if is_remote(base) else epath.Path(os.fspath(base)).joinpath(*parts)
+
+
+def copy_file(src: epath.Path | str | os.PathLike, dst: epath.Path | str | os.PathLike) -> int:
+    """Streams one file between any two locations (local or remote); dst appears all-or-nothing.
+    Returns the number of bytes copied."""
+    with epath.Path(str(src)).open("rb") as r, atomic_open(dst, "wb") as w:
+        shutil.copyfileobj(r, w, 16 << 20)
+        return w.tell()
+
+
+def _files_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def upload_tree(local_dir: str | os.PathLike, remote_dir: epath.Path | str) -> dict[str, int]:
+    """Copies every file under `local_dir` to the same relative key under `remote_dir` (in parallel:
+    an object store is latency-bound). Returns {relative path: size in bytes}."""
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    root = Path(local_dir)
+    files = _files_under(root)
+    with ThreadPoolExecutor(8) as pool:
+        sizes = list(pool.map(lambda rel: copy_file(root / rel, join(remote_dir, rel)), files))
+    return dict(zip(files, sizes))
+
+
+def download_tree(remote_dir: epath.Path | str, files: dict[str, int], local_dir: str | os.PathLike) -> None:
+    """Copies the listed files (relative path -> expected size) from `remote_dir` into `local_dir`;
+    a missing or short file raises FileNotFoundError / OSError naming it."""
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    root = Path(local_dir)
+
+    def one(rel: str) -> None:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        size = copy_file(join(remote_dir, rel), root / rel)
+        if size != files[rel]:
+            raise FileNotFoundError(f"{join(remote_dir, rel)}: {size} bytes, expected {files[rel]} (truncated)")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, sorted(files)))
+
+
+def remove_tree(path: epath.Path | str) -> None:
+    """Deletes a directory (local) or every object under a prefix (remote); missing is fine."""
+    p = epath.Path(str(path))
+    if p.exists():
+        p.rmtree()
+
+
+@contextlib.contextmanager
+def local_output(path: epath.Path | str | os.PathLike) -> Iterator[Path]:
+    """A local file path to write `path` through: the path itself when local (unchanged behaviour),
+    else a temporary file uploaded to `path` when the block succeeds (nothing uploaded on error)."""
+    if not is_remote(path):
+        yield Path(os.fspath(path))
+        return
+    tmp_dir = tempfile.mkdtemp(prefix="jaxgrow-upload-")
+    try:
+        tmp = Path(tmp_dir, epath.Path(str(path)).name)
+        yield tmp
+        copy_file(tmp, path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def list_files(root: epath.Path | str) -> list[str]:
+    """Relative paths of every file under a directory or prefix (local or remote), sorted."""
+    if not is_remote(root):
+        return _files_under(Path(os.fspath(root)))
+    import fsspec  # noqa: PLC0415
+
+    fs, _, (base,) = fsspec.get_fs_token_paths(str(root))
+    base = base.rstrip("/")
+    return sorted(f[len(base) + 1:] for f in fs.find(base))
+
+
+def check_bucket(path: epath.Path | str, field: str) -> None:
+    """Raises StorageError unless the bucket of remote `path` exists and can be listed (writes
+    nothing): a typo in the bucket name fails before a run starts, not at its first checkpoint."""
+    import fsspec  # noqa: PLC0415
+
+    text = str(path)
+    check_scheme(text, field)
+    bucket = text.split("://", 1)[1].split("/", 1)[0]
+    try:
+        fs, _, _ = fsspec.get_fs_token_paths(text)
+        found = fs.exists(bucket)
+    except Exception as e:  # credentials, endpoint, network: all mean the run cannot write there
+        raise StorageError(f"{field}={text}: cannot reach bucket {bucket!r} ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    if not found:
+        raise StorageError(f"{field}={text}: bucket {bucket!r} does not exist (create it first)")
+
+
+def refresh(path: epath.Path | str) -> None:
+    """Drops fsspec's cached listings and object details under a remote prefix, so what another
+    process (or a person) changed since is seen: s3fs would otherwise read with a stale ETag."""
+    if not is_remote(path):
+        return
+    import fsspec  # noqa: PLC0415
+
+    fs, _, (p,) = fsspec.get_fs_token_paths(str(path))
+    p = p.rstrip("/")
+    for key in [k for k in list(fs.dircache) if k.startswith(p + "/")]:  # invalidate_cache(p) keeps children
+        fs.dircache.pop(key, None)
+    fs.invalidate_cache(p)  # p and its parents

@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import shutil
 import signal
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -19,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxgrow import checkpoint, faults, layout, logs, model, sharding
+from jaxgrow import checkpoint, faults, layout, logs, model, sharding, storage
 from jaxgrow.faults import Preempted, SignalFlag
 
 log = logging.getLogger("jaxgrow")
@@ -328,7 +330,10 @@ def run_stage(spec: StageSpec, state: TrainState, train_step: Callable, eval_ste
     for step in range(start, spec.steps):
         t_iter, measured = time.perf_counter(), sum(gp.seconds.values())
         if profile and step == profile[0]:
-            jax.profiler.start_trace(str(Path(workdir, "profile", f"{spec.index}-{spec.name}")))
+            profile_dir = storage.join(workdir, "profile", f"{spec.index}-{spec.name}")
+            # the profiler writes local files: a remote workdir gets the trace uploaded when it stops
+            trace_dir = tempfile.mkdtemp(prefix="jaxgrow-profile-") if storage.is_remote(workdir) else str(profile_dir)
+            jax.profiler.start_trace(trace_dir)
         with gp.measure("data"):
             batch = next(data_iter)
         if step == start:  # the first call traces and compiles
@@ -341,6 +346,9 @@ def run_stage(spec: StageSpec, state: TrainState, train_step: Callable, eval_ste
         if profile and done == profile[1]:
             jax.block_until_ready(state)
             jax.profiler.stop_trace()
+            if trace_dir != str(profile_dir):
+                storage.upload_tree(trace_dir, profile_dir)
+                shutil.rmtree(trace_dir, ignore_errors=True)
         bar.update(1)
 
         if done % log_every == 0 or done == spec.steps:

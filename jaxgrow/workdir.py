@@ -7,6 +7,9 @@
     members/<name>/        each member's final checkpoint (never deleted)
     metrics.jsonl, tb/     training metrics
     report.json, report.md, *.png
+
+The workdir may be local or remote (gs://, s3://): every path here is built with `storage.join`
+(an epath.Path; pathlib would turn `gs://` into `gs:/`) and written through `storage`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 import jax
 import ml_collections
+from etils import epath
 
 from jaxgrow import checkpoint, config as config_lib, sharding, storage, train
 from jaxgrow.budgets import StageBudget, budgets
@@ -28,16 +32,20 @@ log = logging.getLogger("jaxgrow")
 BUDGETS_FILE = "budgets.json"
 
 
-def stage_dir(workdir: Path, stage: StageBudget) -> Path:
-    return Path(workdir, "stages", f"{stage.index}-{stage.name}")
+def stage_dir(workdir: Path, stage: StageBudget) -> epath.Path:
+    return storage.join(workdir, "stages", f"{stage.index}-{stage.name}")
 
 
-def member_dir(workdir: Path, name: str) -> Path:
-    return Path(workdir, "members", name)
+def member_dir(workdir: Path, name: str) -> epath.Path:
+    return storage.join(workdir, "members", name)
 
 
-def check_writable(path: Path, flag: str = "--workdir") -> None:
+def check_writable(path: Path | epath.Path, flag: str = "--workdir") -> None:
     """Raises InputError if `path` cannot be created or written (creates nothing)."""
+    if storage.is_remote(path):
+        storage.check_bucket(path, flag)
+        return
+    path = Path(path)
     if path.exists() and not path.is_dir():
         raise config_lib.InputError(f"{flag}={path} exists and is not a directory")
     probe = path
@@ -53,7 +61,7 @@ def check_workdir_writable(workdir: Path) -> None:
 
 
 def check_drift(cfg: Any, workdir: Path) -> None:
-    saved_path = Path(workdir, "config.json")
+    saved_path = storage.join(workdir, "config.json")
     if not saved_path.exists() or cfg.allow_config_change:
         return
     saved = json.loads(saved_path.read_text())
@@ -66,7 +74,7 @@ def check_drift(cfg: Any, workdir: Path) -> None:
 
 def write_config(cfg: Any, workdir: Path) -> None:
     if jax.process_index() == 0:
-        storage.atomic_write_text(Path(workdir, "config.json"), cfg.to_json(indent=2))
+        storage.atomic_write_text(storage.join(workdir, "config.json"), cfg.to_json(indent=2))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -76,7 +84,7 @@ def write_config(cfg: Any, workdir: Path) -> None:
 
 def recorded_budgets(workdir: Path) -> dict[str, dict]:
     """member name -> the budget it was started with (StageBudget.to_json), {} if none recorded."""
-    path = Path(workdir, BUDGETS_FILE)
+    path = storage.join(workdir, BUDGETS_FILE)
     return json.loads(path.read_text()) if path.exists() else {}
 
 
@@ -87,7 +95,7 @@ def record_budget(workdir: Path, stage: StageBudget) -> None:
     recorded = recorded_budgets(workdir)
     if stage.name not in recorded:
         recorded[stage.name] = stage.to_json()
-        storage.atomic_write_text(Path(workdir, BUDGETS_FILE), json.dumps(recorded, indent=2))
+        storage.atomic_write_text(storage.join(workdir, BUDGETS_FILE), json.dumps(recorded, indent=2))
 
 
 def apply_recorded(stages: list[StageBudget], workdir: Path) -> list[StageBudget]:
@@ -106,7 +114,7 @@ def apply_recorded(stages: list[StageBudget], workdir: Path) -> list[StageBudget
 
 def load_setup_for_eval(workdir: Path) -> tuple[Any, list[StageBudget]]:
     """The saved config and stage budgets (as recorded when each stage started) of an existing workdir."""
-    path = Path(workdir, "config.json")
+    path = storage.join(workdir, "config.json")
     if not path.exists():
         raise config_lib.ConfigError(f"--workdir={workdir} holds no run (no config.json); train first")
     cfg = ml_collections.ConfigDict(json.loads(path.read_text()))

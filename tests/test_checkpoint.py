@@ -1,12 +1,13 @@
 """checkpoint.py: the meta record, corruption detection, and which restore errors quarantine a step."""
 
 import errno
+import json
 
 import jax
 import numpy as np
 import pytest
 
-from jaxgrow import checkpoint
+from jaxgrow import checkpoint, storage
 
 TREE = {"a": np.arange(4096, dtype=np.float32), "b": np.ones((64, 64), np.float32)}
 OPT = {"m": np.zeros(3, np.float32)}
@@ -89,3 +90,45 @@ def test_damage_is_told_apart_from_environment_errors():
     wrapped = ValueError("restore failed")
     wrapped.__cause__ = OSError(errno.EIO, "Input/output error")
     assert not checkpoint.is_damage(wrapped)
+
+
+# ------------------------------------------------------------------------------------------------
+# Remote directories (a real moto S3 server on 127.0.0.1): staged saves, commit markers, quarantine
+
+
+@pytest.mark.parametrize("scheme,emulator", [("s3", "s3_emulator"), ("gs", "gcs_emulator")])
+def test_remote_checkpoints_commit_keep_quarantine_and_ignore_uncommitted(scheme, emulator, request):
+    import fsspec
+
+    request.getfixturevalue(emulator)
+    fs = fsspec.filesystem(scheme, skip_instance_cache=True)
+    d = f"{scheme}://jaxgrow-test/ck"
+    ckpts = checkpoint.Checkpoints(d, keep=2)
+    for step in (1, 2, 3):
+        ckpts.save(step, jax.tree.map(lambda x: x * step, TREE), OPT, meta(step, data_state={"next_index": step}))
+    # keep=2 deleted only the oldest committed step; each step's marker lists exactly its objects
+    assert ckpts.steps() == [2, 3] and not fs.exists("jaxgrow-test/ck/1")
+    marker = json.loads(fs.cat("jaxgrow-test/ck/3/COMMITTED"))
+    assert set(marker["files"]) | {"COMMITTED"} == set(storage.list_files(f"{d}/3"))
+    assert all(fs.size(f"jaxgrow-test/ck/3/{rel}") == size for rel, size in marker["files"].items())
+    assert ckpts.read_meta(3)["data_state"] == {"next_index": 3}
+    # an upload killed before its marker (step 4: objects, no COMMITTED) is not a step
+    for rel in storage.list_files(f"{d}/3"):
+        if rel != "COMMITTED":
+            fs.copy(f"jaxgrow-test/ck/3/{rel}", f"jaxgrow-test/ck/4/{rel}")
+    assert ckpts.steps() == [2, 3] and checkpoint.has_checkpoint(d) and not checkpoint.has_checkpoint(f"{d}/x")
+    # truncate an array object of step 3: the checksum/format check quarantines it remotely, 2 restores
+    big = max((f for f in fs.find("jaxgrow-test/ck/3/params")), key=lambda f: fs.size(f))
+    fs.pipe(big, fs.cat(big)[: fs.size(big) // 2])
+    params, _, got = ckpts.restore_latest_good(*abstract())
+    assert got["step"] == 2 and np.array_equal(np.asarray(params["a"]), TREE["a"] * 2)
+    assert ckpts.steps() == [2] and fs.exists("jaxgrow-test/ck/corrupt/3/COMMITTED")
+    assert not fs.exists("jaxgrow-test/ck/3")
+    # a new save of the uncommitted step 4 replaces its leftovers and commits it
+    ckpts.save(4, jax.tree.map(lambda x: x * 4, TREE), OPT, meta(4))
+    assert ckpts.steps() == [2, 4]
+    ckpts.close()
+    again = checkpoint.Checkpoints(d, keep=2)  # a fresh process sees the same committed steps
+    params, opt, got = again.restore(4, *abstract())
+    assert got["step"] == 4 and np.array_equal(np.asarray(params["b"]), TREE["b"] * 4)
+    again.close()

@@ -18,7 +18,7 @@ import pytest
 from etils import epath
 
 from conftest import REPO, run_cli
-from jaxgrow import config as config_lib, data, model, storage, tokenizing
+from jaxgrow import config as config_lib, data, model, tokenizing
 
 # Text the tests have never seen elsewhere: generated, not from the shipped corpus.
 WORDS = ("amber river lantern quiet orbit falcon meadow copper signal harbor velvet thunder cedar "
@@ -276,7 +276,7 @@ def test_bad_inputs_exit_2_one_line_nothing_written(tmp_path, bpe, mistral_token
         (("tokenize", "--inputs", str(files[".jsonl"]), "--out", "foo://bucket/tok", "--vocab_size", "300"),
          "--out=foo://bucket/tok: unknown URL scheme 'foo://'"),
         ((*F, f"--config.data.train_files={tok_dir}", f"--config.data.eval_files={eval_dir}",
-          "--config.model.vocab_size=500"), f"has 512 tokens but model.vocab_size=500"),
+          "--config.model.vocab_size=500"), "has 512 tokens but model.vocab_size=500"),
         ((*F, f"--config.data.train_files={tok_dir}", f"--config.data.eval_files={eval_dir}",
           f"--config.data.tokenizer={mistral_tokenizer}", "--config.model.vocab_size=32000"),
          f"data.train_files: {tok_dir} was tokenized with another tokenizer"),
@@ -409,41 +409,6 @@ def test_import_hf_llama_expand_train_with_its_own_tokenizer(tmp_path, mistral_t
 
 # ------------------------------------------------------------------------------------------------
 # Remote storage against a real S3 emulator (moto server) on 127.0.0.1
-
-
-@pytest.fixture()
-def s3_emulator():
-    pytest.importorskip("s3fs")
-    pytest.importorskip("moto")
-    import socket
-    import time
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        import s3fs
-
-        s3fs.S3FileSystem.clear_instance_cache()
-        s3fs.S3FileSystem().mkdir("jaxgrow-test")
-        yield env
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
 @pytest.mark.slow

@@ -44,3 +44,22 @@ def test_disabled_log_writes_nothing(tmp_path):
     log.write({"step": 1, "loss": 1.0})
     log.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_remote_metrics_survive_a_restart_and_tensorboard_is_uploaded(s3_emulator, tmp_path):
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    run = "s3://jaxgrow-test/run"
+    first = logs.MetricsLog(run, enabled=True)
+    first.write({"stage": 0, "member": "small", "step": 10, "loss": 5.0})
+    # every write is in the bucket at once (a kill after it loses nothing), with no close()
+    assert [json.loads(x)["step"] for x in fs.cat(f"{run}/metrics.jsonl").decode().splitlines()] == [10]
+    first.close()
+    second = logs.MetricsLog(run, enabled=True)  # a resumed process appends after the existing records
+    second.write({"stage": 0, "member": "small", "step": 20, "loss": 4.0})
+    second.close()
+    lines = [json.loads(x) for x in fs.cat(f"{run}/metrics.jsonl").decode().splitlines()]
+    assert [(r["step"], r["loss"]) for r in lines] == [(10, 5.0), (20, 4.0)]
+    fs.get(f"{run}/tb/", str(tmp_path / "tb"), recursive=True)
+    assert sorted(read_scalars(tmp_path / "tb")["small/loss"]) == [(10, 5.0), (20, 4.0)]
