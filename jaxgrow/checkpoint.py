@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -117,6 +118,24 @@ def is_damage(e: BaseException) -> bool:
     return True
 
 
+_STAGING_PREFIX = "jaxgrow-ckpt-staging-"
+
+
+def _staging_dir() -> Path:
+    """A fresh local staging directory named after this process; those of dead processes (a SIGKILL
+    leaves up to a whole checkpoint behind) are removed first."""
+    root = Path(tempfile.gettempdir())
+    for old in root.glob(f"{_STAGING_PREFIX}*-*"):
+        try:
+            pid = int(old.name[len(_STAGING_PREFIX):].split("-")[0])
+            os.kill(pid, 0)  # raises if no such process
+        except ProcessLookupError:
+            shutil.rmtree(old, ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass  # not ours to judge: another user's process, or a name we did not write
+    return Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-"))
+
+
 class Checkpoints:
     """A directory of step checkpoints with a rolling `keep` policy (keep=None keeps all).
 
@@ -130,7 +149,7 @@ class Checkpoints:
                 raise RuntimeError(f"{directory}: remote checkpoints are staged on local disk, which needs a single "
                                    "process; give a shared filesystem path for multi-process runs")
             self.directory = epath.Path(str(directory))
-            self._staging = Path(tempfile.mkdtemp(prefix="jaxgrow-ckpt-staging-"))
+            self._staging = _staging_dir()
             local_dir, keep, async_save = self._staging, None, False  # staging holds at most one step at a time
         else:
             self.directory = local_dir = Path(directory).absolute()  # orbax refuses relative paths
@@ -183,12 +202,25 @@ class Checkpoints:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
         self._mgr.reload()
 
-    def _download(self, step: int) -> None:
-        """Brings committed remote step `step` into staging (only the files its marker lists)."""
+    def _download(self, step: int, params_only: bool = False) -> None:
+        """Brings committed remote step `step` into staging (only the files its marker lists; without
+        the optimizer state when only the params are restored: eval, export, sample).
+
+        An unreadable marker or a listed file that is missing or short raises CorruptCheckpoint (the
+        step's files are damaged); any other error (network, credentials) propagates unchanged, so a
+        flaky store never gets a good step quarantined."""
         self._clear_staging()
         remote = self.directory / str(step)
-        files = json.loads((remote / COMMIT_MARKER).read_text())["files"]
-        storage.download_tree(remote, files, self._staging / str(step))
+        try:
+            files = json.loads((remote / COMMIT_MARKER).read_text())["files"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise CorruptCheckpoint(f"unreadable {COMMIT_MARKER} marker: {e}") from e
+        if params_only:
+            files = {rel: size for rel, size in files.items() if not rel.startswith("opt_state/")}
+        try:
+            storage.download_tree(remote, files, self._staging / str(step))
+        except FileNotFoundError as e:  # a listed object is gone or shorter than recorded
+            raise CorruptCheckpoint(str(e).splitlines()[0][:200]) from e
         self._mgr.reload()
 
     def wait(self) -> None:
@@ -213,21 +245,22 @@ class Checkpoints:
         abstract_opt=None restores the params only. Raises CorruptCheckpoint on any mismatch.
         """
         try:
-            if self.remote:
-                self._download(step)
-            meta = self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-            if meta.get("layout_version") != layout.LAYOUT_VERSION:
-                raise CorruptCheckpoint(f"layout version {meta.get('layout_version')} != {layout.LAYOUT_VERSION}")
-            items = {"params": ocp.args.StandardRestore(abstract_params)}
-            if abstract_opt is not None:
-                items["opt_state"] = ocp.args.StandardRestore(abstract_opt)
-            restored = self._mgr.restore(step, args=ocp.args.Composite(**items))
-        except CorruptCheckpoint:
-            raise
-        except Exception as e:  # orbax/tensorstore raise many types for damaged files
-            if not is_damage(e):
-                raise  # an I/O error or out of memory says nothing about the files: never quarantine
-            raise CorruptCheckpoint(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from e
+            if self.remote:  # missing/short listed files are damage; a transport error propagates (never quarantines)
+                self._download(step, params_only=abstract_opt is None)
+            try:
+                meta = self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+                if meta.get("layout_version") != layout.LAYOUT_VERSION:
+                    raise CorruptCheckpoint(f"layout version {meta.get('layout_version')} != {layout.LAYOUT_VERSION}")
+                items = {"params": ocp.args.StandardRestore(abstract_params)}
+                if abstract_opt is not None:
+                    items["opt_state"] = ocp.args.StandardRestore(abstract_opt)
+                restored = self._mgr.restore(step, args=ocp.args.Composite(**items))
+            except CorruptCheckpoint:
+                raise
+            except Exception as e:  # orbax/tensorstore raise many types for damaged files
+                if not is_damage(e):
+                    raise  # an I/O error or out of memory says nothing about the files: never quarantine
+                raise CorruptCheckpoint(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from e
         finally:
             if self.remote:
                 self._clear_staging()  # restored arrays live in memory; the bucket stays the source

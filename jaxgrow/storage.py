@@ -54,6 +54,8 @@ def check_scheme(path: str | os.PathLike, field: str) -> None:
     s = scheme(path)
     if not s:
         return
+    if not str(path).startswith(s):  # etils/fsspec know schemes in lower case only
+        raise StorageError(f"{field}={path}: write the URL scheme in lower case ({s}://...)")
     if s not in SCHEME_PACKAGES:
         raise StorageError(f"{field}={path}: unknown URL scheme {s + '://'!r}; valid: a local path or "
                            + ", ".join(f"{k}://" for k in SCHEME_PACKAGES))

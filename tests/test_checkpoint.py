@@ -97,7 +97,7 @@ def test_damage_is_told_apart_from_environment_errors():
 
 
 @pytest.mark.parametrize("scheme,emulator", [("s3", "s3_emulator"), ("gs", "gcs_emulator")])
-def test_remote_checkpoints_commit_keep_quarantine_and_ignore_uncommitted(scheme, emulator, request):
+def test_remote_checkpoints_commit_keep_quarantine_and_ignore_uncommitted(scheme, emulator, request, monkeypatch):
     import fsspec
 
     request.getfixturevalue(emulator)
@@ -131,4 +131,24 @@ def test_remote_checkpoints_commit_keep_quarantine_and_ignore_uncommitted(scheme
     again = checkpoint.Checkpoints(d, keep=2)  # a fresh process sees the same committed steps
     params, opt, got = again.restore(4, *abstract())
     assert got["step"] == 4 and np.array_equal(np.asarray(params["b"]), TREE["b"] * 4)
+    # params only (eval, export, sample): the optimizer state's objects are not needed
+    params, opt, _ = again.restore(4, abstract()[0], None)
+    assert opt is None and np.array_equal(np.asarray(params["a"]), TREE["a"] * 4)
+    # the store failing mid-download (network, credentials) is not damage: it propagates, nothing quarantined
+    real_copy = storage.copy_file
+
+    def flaky(src, dest):
+        if "/params/" in str(src):
+            raise ConnectionError("connection reset by peer")
+        return real_copy(src, dest)
+
+    monkeypatch.setattr(storage, "copy_file", flaky)
+    with pytest.raises(ConnectionError):
+        again.restore_latest_good(*abstract())
+    monkeypatch.undo()
+    assert again.steps() == [2, 4] and not fs.exists("jaxgrow-test/ck/corrupt/4")
+    # a listed object that is gone is damage: that step is quarantined, the older one restores
+    fs.rm(max(fs.find("jaxgrow-test/ck/4/params"), key=lambda f: fs.size(f)))
+    _, _, got = again.restore_latest_good(*abstract())
+    assert got["step"] == 2 and fs.exists("jaxgrow-test/ck/corrupt/4/COMMITTED") and again.steps() == [2]
     again.close()

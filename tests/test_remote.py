@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -118,12 +119,14 @@ def test_bad_remote_workdirs_exit_2_one_line_nothing_written(tmp_path, s3_emulat
 
     fs = s3fs.S3FileSystem()
     cases = [("s3://no-such-bucket/run", "--workdir=s3://no-such-bucket/run: bucket 'no-such-bucket' does not exist"),
-             ("foo://bucket/run", "--workdir=foo://bucket/run: unknown URL scheme 'foo://'")]
+             ("foo://bucket/run", "--workdir=foo://bucket/run: unknown URL scheme 'foo://'"),
+             ("S3://jaxgrow-test/run", "--workdir=S3://jaxgrow-test/run: write the URL scheme in lower case")]
     for workdir, message in cases:
         proc = run_cli("--config", "configs/tiny.py", "--workdir", workdir, env=s3_emulator)
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("jaxgrow: error:")]
         assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
     assert fs.ls("jaxgrow-test") == [] and fs.ls("", refresh=True) == ["jaxgrow-test"]
+    assert not [p for p in Path.cwd().iterdir() if p.name.lower().endswith(":")]  # no local 's3:' / 'foo:' dirs
 
 
 @pytest.mark.slow
