@@ -208,6 +208,7 @@ def plot(c: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
+    from matplotlib.ticker import NullFormatter  # noqa: PLC0415
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for k, a in enumerate(c["arms"]):
@@ -223,6 +224,7 @@ def plot(c: dict, path: Path) -> None:
         ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=a,
                     linestyle="-" if c["arms"][a]["expansion"] else ":")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap on short ranges
     ax.set_xlabel("train FLOPs that produced the member (cumulative over a progressive lineage)")
     ax.set_ylabel("held-out loss (nats/token), mean ± 95% CI")
     ax.set_title(f"members' final held-out loss, {len(c['seeds'])} seed(s)")
