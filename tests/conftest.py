@@ -1,5 +1,6 @@
 """Test setup: 8 forced host CPU devices (set before jax is imported) and shared fixtures."""
 
+import contextlib
 import os
 
 # 8 forced host devices for the sharding tests; LLVM optimisation level 0 compiles the many small
@@ -86,24 +87,20 @@ def _forget_filesystems() -> None:
     backend.fsspec_backend._get_filesystem.cache_clear()
 
 
-@pytest.fixture()
-def s3_emulator():
-    """A real S3 server (moto) on 127.0.0.1 with bucket `jaxgrow-test`; yields the env that points
-    s3fs (and subprocesses) at it. The env is also set in this process for the test's duration."""
-    pytest.importorskip("s3fs")
-    pytest.importorskip("moto")
+@contextlib.contextmanager
+def _emulator(command, env_for_port):
+    """Starts `command(port)` (a real storage server) on a free 127.0.0.1 port, waits until it
+    accepts connections, sets env_for_port(port) in this process meanwhile and yields it."""
     import socket
     import time
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+    server = subprocess.Popen(command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = env_for_port(port)
     old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    os.environ.update(env)  # before the filesystem package is first imported (gcsfs reads its flag then)
     try:
         for _ in range(100):
             try:
@@ -111,17 +108,29 @@ def s3_emulator():
                 break
             except OSError:
                 time.sleep(0.1)
-        import s3fs
-
-        s3fs.S3FileSystem.clear_instance_cache()
-        _forget_filesystems()
-        s3fs.S3FileSystem().mkdir("jaxgrow-test")
         yield env
     finally:
         server.terminate()
         server.wait(timeout=10)
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture()
+def s3_emulator():
+    """A real S3 server (moto) on 127.0.0.1 with bucket `jaxgrow-test`; yields the env that points
+    s3fs (and subprocesses) at it. The env is also set in this process for the test's duration."""
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto")
+    with _emulator(lambda port: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                   lambda port: {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+                                 "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}) as env:
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()
+        _forget_filesystems()
+        s3fs.S3FileSystem().mkdir("jaxgrow-test")
+        yield env
 
 
 @pytest.fixture()
@@ -131,35 +140,15 @@ def gcs_emulator():
     GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false: gcsfs otherwise first probes the bucket type over gRPC
     with TLS, which the emulator does not speak (a minute of handshake retries per filesystem)."""
     import importlib.util
-    import socket
-    import time
 
     if importlib.util.find_spec("gcsfs") is None or importlib.util.find_spec("gcp_storage_emulator") is None:
         pytest.skip("needs gcsfs and gcp-storage-emulator")
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
-                               f"--port={port}", "--in-memory", "--default-bucket=jaxgrow-test"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # before gcsfs is first imported: it reads GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT then
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+    with _emulator(lambda port: [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
+                                 f"--port={port}", "--in-memory", "--default-bucket=jaxgrow-test"],
+                   lambda port: {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}",
+                                 "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}) as env:
         import gcsfs
 
         gcsfs.GCSFileSystem.clear_instance_cache()
         _forget_filesystems()
         yield env
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
