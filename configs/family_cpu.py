@@ -4,7 +4,9 @@ Sized so that a progressive run plus an independent run finish in about 25 minut
 the CPU-scale reproduction of the paper (experiments/reproduce_paper.py) runs on it.
 """
 
-from jaxgrow.config import add_member, base_config, model_config
+from jaxgrow.config import add_member
+from jaxgrow.config import base_config
+from jaxgrow.config import model_config
 
 
 def get_config():

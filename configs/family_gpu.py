@@ -3,7 +3,9 @@ parameters (each ~2x the previous), bf16 compute, 4M tokens for the largest memb
 experiments/reproduce_paper.py runs its four arms in about 8 minutes on one H200.
 """
 
-from jaxgrow.config import add_member, base_config, model_config
+from jaxgrow.config import add_member
+from jaxgrow.config import base_config
+from jaxgrow.config import model_config
 
 
 def get_config():

@@ -1,7 +1,9 @@
 """Two very small members for the multi-device / multi-process tests: every mesh axis of size 2
 divides the heads, KV heads, FFN and vocab, and each run compiles in seconds."""
 
-from jaxgrow.config import add_member, base_config, model_config
+from jaxgrow.config import add_member
+from jaxgrow.config import base_config
+from jaxgrow.config import model_config
 
 
 def get_config():

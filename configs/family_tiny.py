@@ -1,6 +1,8 @@
 """Three small members grown progressively; the whole pipeline runs in about a minute on 2 CPU cores."""
 
-from jaxgrow.config import add_member, base_config, model_config
+from jaxgrow.config import add_member
+from jaxgrow.config import base_config
+from jaxgrow.config import model_config
 
 
 def get_config():

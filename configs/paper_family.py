@@ -6,7 +6,9 @@ Budgets: 20 tokens per parameter for the 8B member alone (Chinchilla), the paper
 others (progressive) or tokens proportional to size (independent).
 """
 
-from jaxgrow.config import add_member, base_config, model_config
+from jaxgrow.config import add_member
+from jaxgrow.config import base_config
+from jaxgrow.config import model_config
 
 
 def get_config():

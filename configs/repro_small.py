@@ -10,7 +10,9 @@ The `power` rule is anchored at the smallest member; override it with the fitted
 --lr_rule_file, from experiments/lr_sweep.py).
 """
 
-from jaxgrow.config import add_member, base_config, model_config
+from jaxgrow.config import add_member
+from jaxgrow.config import base_config
+from jaxgrow.config import model_config
 
 
 def get_config():

@@ -65,12 +65,12 @@ def build_corpus(out: Path, total_bytes: int, files: int = 16, seed: int = 0) ->
 
 
 def read_prefix_texts(paths: list[Path], limit: int) -> list[str]:
-    from jaxgrow import tokenizing
+    from jaxgrow.data import formats  # noqa: PLC0415
     from etils import epath
 
     out, size = [], 0
     for p in paths:
-        for text, _ in tokenizing.iter_documents(epath.Path(p), "text", "bench"):
+        for text, _ in formats.iter_documents(epath.Path(p), "text", "bench"):
             out.append(text)
             size += len(text.encode())
             if size >= limit:
@@ -101,22 +101,26 @@ def rss_child(tok_dir: str, eval_dir: str) -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxgrow import config as config_lib, data, model, train
+    from jaxgrow import config as config_lib  # noqa: PLC0415
+    from jaxgrow.data import corpus as corpus_lib  # noqa: PLC0415
+    from jaxgrow.data import pipeline  # noqa: PLC0415
+    from jaxgrow.model import decoder  # noqa: PLC0415
+    from jaxgrow.train import trainer  # noqa: PLC0415
 
     c = config_lib.base_config()
     c.model = config_lib.model_config(vocab_size=32768, hidden_size=64, ffn_size=128, num_layers=2, num_heads=2,
                                       num_kv_heads=1, head_dim=32)
     c.data.train_files, c.data.eval_files = tok_dir, eval_dir
     c.data.seq_len, c.data.batch_size = 256, 16
-    corpus = data.prepare(c.data, c.model.vocab_size, None)
+    corpus = corpus_lib.prepare(c.data, c.model.vocab_size, None)
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    ds = data.train_dataset(corpus.train_sources, c.data.seq_len, c.data.batch_size, 0)
-    it = data.DeviceIterator(ds, sharding, 2)
-    opt = train.make_optimizer(c.optimizer, c.model)
-    params = model.init_params(c.model, jax.random.key(0))
-    state = train.new_state(params, opt.init(params))
-    step = jax.jit(train.make_train_step(c.model, opt, lambda s: jnp.float32(1e-3)))
+    ds = pipeline.train_dataset(corpus.train_sources, c.data.seq_len, c.data.batch_size, 0)
+    it = pipeline.DeviceIterator(ds, sharding, 2)
+    opt = trainer.make_optimizer(c.optimizer, c.model)
+    params = decoder.init_params(c.model, jax.random.key(0))
+    state = trainer.new_state(params, opt.init(params))
+    step = jax.jit(trainer.make_train_step(c.model, opt, lambda s: jnp.float32(1e-3)))
     for _ in range(30):
         state, m = step(state, next(it))
     jax.block_until_ready(state)
@@ -148,7 +152,8 @@ def main() -> None:
 
     from tokenizers import Tokenizer
 
-    from jaxgrow import tokenizing
+    from jaxgrow.data import formats  # noqa: PLC0415
+    from jaxgrow.data import tokenizers as tokenizers_lib  # noqa: PLC0415
 
     work = Path(args.dir)
     result: dict = {"gb": args.gb, "workers": args.workers, "cpu_count": os.cpu_count()}
@@ -156,14 +161,14 @@ def main() -> None:
     corpus, text_bytes = build_corpus(work / "raw", int(args.gb * 1e9))
     small, _ = build_corpus(work / "raw_small", 20_000_000, files=2, seed=1)
     held, _ = build_corpus(work / "raw_eval", 2_000_000, files=1, seed=2)
-    raw_bytes = sum(tokenizing.fingerprint(__import__("etils").epath.Path(p))["size"] for p in corpus)
+    raw_bytes = sum(formats.fingerprint(__import__("etils").epath.Path(p))["size"] for p in corpus)
     result["corpus"] = {"files": len(corpus), "text_bytes": text_bytes, "compressed_bytes": raw_bytes}
     print(f"corpus: {len(corpus)} .jsonl.zst files, {text_bytes / 1e9:.2f} GB text, {raw_bytes / 1e9:.2f} GB compressed "
           f"({time.perf_counter() - t0:.0f}s)", flush=True)
 
     tok_path = work / "tokenizer.json"
     if not tok_path.exists():
-        tok = tokenizing.train_bpe(tokenizing.sample_texts([__import__("etils").epath.Path(p) for p in corpus[:2]],
+        tok = tokenizers_lib.train_bpe(tokenizers_lib.sample_texts([__import__("etils").epath.Path(p) for p in corpus[:2]],
                                                            "text", "bench", 32 << 20), args.vocab_size)
         tok.save(str(tok_path))
     tok = Tokenizer.from_file(str(tok_path))
@@ -234,10 +239,11 @@ def loader(work: Path, out: Path, manifest: dict, args, result: dict) -> None:
     """Loader throughput at the 1B member's batch shape (one host reads the whole global batch)."""
     import numpy as np
 
-    from jaxgrow import data
+    from jaxgrow.data import pipeline  # noqa: PLC0415
+    from jaxgrow.data import shards  # noqa: PLC0415
 
-    store = data.TokenStore([(out, manifest)])
-    ds = data.train_dataset(store, 4096, 512, seed=0)
+    store = shards.TokenStore([(out, manifest)])
+    ds = pipeline.train_dataset(store, 4096, 512, seed=0)
     t = time.perf_counter()
     for k in range(args.loader_batches):
         b = ds[k]

@@ -48,7 +48,13 @@ def _median_time(fn, repeats: int):
 def main(argv):
     import jax  # noqa: PLC0415
 
-    from jaxgrow import data, inference, logs, sharding, workdir as workdir_lib  # noqa: PLC0415
+    from jaxgrow.data import corpus as corpus_lib  # noqa: PLC0415
+    from jaxgrow.data import pipeline  # noqa: PLC0415
+    from jaxgrow.family import workdir as workdir_lib  # noqa: PLC0415
+    from jaxgrow.model import sharding  # noqa: PLC0415
+    from jaxgrow.serve import decode  # noqa: PLC0415
+    from jaxgrow.serve import speculative  # noqa: PLC0415
+    from jaxgrow.train import logs  # noqa: PLC0415
 
     if FLAGS.workdir is None:
         raise app.UsageError("--workdir is required (a finished configs/family_cpu.py run)")
@@ -58,17 +64,17 @@ def main(argv):
     by_name = {s.name: s for s in stages}
     mesh = sharding.eval_mesh(jax.devices()[:1])
     params = {n: workdir_lib.member_params(workdir, s, mesh) for n, s in by_name.items() if n in ("m1", "m3", "m4")}
-    corpus = data.prepare(cfg.data, cfg.model.vocab_size, workdir)
-    host = data.eval_batches(corpus.eval, cfg.data.seq_len, cfg.data.batch_size, cfg.data.eval_batches)
-    prompts = inference.held_out_prompts(host, FLAGS.prompts, 16)
+    corpus = corpus_lib.prepare(cfg.data, cfg.model.vocab_size, workdir)
+    host = pipeline.eval_batches(corpus.eval, cfg.data.seq_len, cfg.data.batch_size, cfg.data.eval_batches)
+    prompts = speculative.held_out_prompts(host, FLAGS.prompts, 16)
     result = {"workdir": str(workdir), "budget_scale": cfg.budget_scale, "backend": jax.default_backend(),
               "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(), "platform": platform.platform()}
 
     # 1. KV cache vs full recompute
     m4 = by_name["m4"].model
     n = FLAGS.new_tokens
-    kv, t_kv = _median_time(lambda: inference.generate(params["m4"], m4, prompts[0], n), FLAGS.repeats)
-    full, t_full = _median_time(lambda: inference.full_recompute_generate(params["m4"], m4, prompts[0], n),
+    kv, t_kv = _median_time(lambda: decode.generate(params["m4"], m4, prompts[0], n), FLAGS.repeats)
+    full, t_full = _median_time(lambda: decode.full_recompute_generate(params["m4"], m4, prompts[0], n),
                                 FLAGS.repeats)
     assert kv == full, "KV-cache greedy output differs from the full-recompute decoder"
     result["kv_cache"] = {"member": "m4", "prompt_tokens": len(prompts[0]), "new_tokens": n,
@@ -81,7 +87,7 @@ def main(argv):
     m = FLAGS.spec_new_tokens
     alone_tokens, alone_times = [], []
     for p in prompts:
-        out, t = _median_time(lambda: inference.generate(params["m4"], m4, p, m), FLAGS.repeats)
+        out, t = _median_time(lambda: decode.generate(params["m4"], m4, p, m), FLAGS.repeats)
         alone_tokens.append(out)
         alone_times.append(t)
     result["speculative"] = {"gamma": FLAGS.gamma, "temperature": 0.0, "new_tokens": m, "prompts": len(prompts),
@@ -89,7 +95,7 @@ def main(argv):
     for draft in ("m1", "m3"):
         spec_times, accepted, proposed, calls, generated = [], 0, 0, 0, 0
         for p, ref in zip(prompts, alone_tokens):
-            r, t = _median_time(lambda: inference.speculative_generate(
+            r, t = _median_time(lambda: speculative.speculative_generate(
                 params["m4"], m4, params[draft], by_name[draft].model, p, m, FLAGS.gamma), FLAGS.repeats)
             assert r.tokens[0] == ref, f"speculative {draft}->m4 differs from m4 alone at temperature 0"
             spec_times.append(t)

@@ -5,7 +5,7 @@
 
 Prints (all measured in this run, on the items of `--suite` limited to `--limit` per task, MMLU per subject):
   items/s, requests/s   per task and overall, timed on a second pass after a warm-up pass compiled every shape
-  model FLOP/s          analytic forward FLOPs (jaxgrow/flops.py) of the real (unpadded) input tokens / time
+  model FLOP/s          analytic forward FLOPs (jaxgrow/model/flops.py) of the real (unpadded) input tokens / time
   matmul FLOP/s         a dense n x n matmul in the same process (4096 f32 on CPU, 8192 bf16 elsewhere)
   ratio                 model FLOP/s / matmul FLOP/s
 Without --workdir the member is randomly initialised with the member's exact shape: speed does not
@@ -27,8 +27,18 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from jaxgrow import benchmarks, budgets, config as config_lib, data, flops, model, sharding  # noqa: E402
-from jaxgrow import workdir as workdir_lib  # noqa: E402
+from jaxgrow.cli import evaluate as evaluate_cmd  # noqa: E402
+from jaxgrow import config as config_lib  # noqa: E402
+from jaxgrow.data import corpus  # noqa: E402
+from jaxgrow.eval.benchmarks import requests as bench_requests  # noqa: E402
+from jaxgrow.eval.benchmarks import scoring as bench_scoring  # noqa: E402
+from jaxgrow.eval.benchmarks import tasks as bench_tasks  # noqa: E402
+from jaxgrow.family import budgets  # noqa: E402
+from jaxgrow.family import workdir as workdir_lib  # noqa: E402
+from jaxgrow.model import decoder  # noqa: E402
+from jaxgrow.model import flops  # noqa: E402
+from jaxgrow.model import sharding  # noqa: E402
+from jaxgrow.family import checks  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "run config", lock_config=True)
 flags.DEFINE_string("member", None, "member to benchmark (default: the largest)")
@@ -55,7 +65,7 @@ def matmul_flops_per_sec(n: int, dtype) -> float:
 
 def main(_):
     cfg = _CONFIG.value
-    config_lib.validate(cfg)
+    checks.validate(cfg)
     stages = budgets.budgets(cfg)
     stage = stages[-1] if FLAGS.member is None else next(s for s in stages if s.name == FLAGS.member)
     m = stage.model
@@ -63,25 +73,25 @@ def main(_):
     mesh = sharding.make_mesh(cfg.mesh)
     if FLAGS.workdir:
         params = workdir_lib.member_params(Path(FLAGS.workdir).absolute(), stage, mesh)
-        tok = benchmarks.workdir_tokenizer(cfg, Path(FLAGS.workdir))
+        tok = evaluate_cmd.workdir_tokenizer(cfg, Path(FLAGS.workdir))
         source = f"trained member from {FLAGS.workdir}"
     else:
-        params = model.init_params(m, jax.random.key(0))
+        params = decoder.init_params(m, jax.random.key(0))
         params = jax.device_put(params, sharding.tree_shardings(params, m, mesh))
-        tok = data.prepare(cfg.data, cfg.model.vocab_size, None).tokenizer
+        tok = corpus.prepare(cfg.data, cfg.model.vocab_size, None).tokenizer
         source = "randomly initialised (same shape)"
-    suites = benchmarks.parse_suites(FLAGS.suite)
+    suites = bench_tasks.parse_suites(FLAGS.suite)
     tasks = [t for ts in suites.values() for t in ts]
-    items = {t: benchmarks.load_items(t, 0, FLAGS.limit) for t in tasks}
+    items = {t: bench_tasks.load_items(t, 0, FLAGS.limit) for t in tasks}
 
     per_task, total_s, total_items, total_req, total_flops = {}, 0.0, 0, 0, 0.0
     for t in tasks:
         requests = [(c, x) for it in items[t] for c, x in zip(it.contexts, it.continuations)]
-        rows = benchmarks._rows(benchmarks.encode_requests(tok, requests), benchmarks.MAX_LENGTH)
+        rows = bench_requests._rows(bench_requests.encode_requests(tok, requests), bench_requests.MAX_LENGTH)
         task_flops = sum(len(r.inputs) * flops.forward_flops_per_token(m, len(r.inputs)) for r in rows)
-        benchmarks.score_task(params, m, tok, t, items[t], mesh, progress=False)  # warm-up: compiles every shape
+        bench_scoring.score_task(params, m, tok, t, items[t], mesh, progress=False)  # warm-up: compiles every shape
         t0 = time.perf_counter()
-        metrics, _ = benchmarks.score_task(params, m, tok, t, items[t], mesh, progress=False)
+        metrics, _ = bench_scoring.score_task(params, m, tok, t, items[t], mesh, progress=False)
         dt = time.perf_counter() - t0
         per_task[t] = {"items": len(items[t]), "requests": len(requests), "rows": len(rows), "seconds": dt,
                        "items_per_s": len(items[t]) / dt, "model_flops_per_s": task_flops / dt}

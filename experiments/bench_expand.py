@@ -21,7 +21,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from jaxgrow import config, expand, model  # noqa: E402
+from jaxgrow import config as config_lib  # noqa: E402
+from jaxgrow.model import decoder  # noqa: E402
+from jaxgrow import expand  # noqa: E402
 
 flags.DEFINE_string("method", "zero", "expansion method")
 flags.DEFINE_string("depth", "identity", "depth strategy")
@@ -32,12 +34,12 @@ FLAGS = flags.FLAGS
 
 def configs(scale: float):
     w = lambda n: int(round(n * scale / 64)) * 64  # noqa: E731
-    src = config.model_config(vocab_size=32000, hidden_size=w(1024), ffn_size=w(2816), num_layers=16, num_heads=16,
+    src = config_lib.model_config(vocab_size=32000, hidden_size=w(1024), ffn_size=w(2816), num_layers=16, num_heads=16,
                               num_kv_heads=8, head_dim=64)
-    dst = config.model_config(vocab_size=32000, hidden_size=w(1536), ffn_size=w(4096), num_layers=16, num_heads=24,
+    dst = config_lib.model_config(vocab_size=32000, hidden_size=w(1536), ffn_size=w(4096), num_layers=16, num_heads=24,
                               num_kv_heads=8, head_dim=64)
     if FLAGS.method == "tile":
-        dst = config.model_config(**{**dst.to_dict(), "hidden_size": 2 * src.hidden_size, "ffn_size": 2 * src.ffn_size,
+        dst = config_lib.model_config(**{**dst.to_dict(), "hidden_size": 2 * src.hidden_size, "ffn_size": 2 * src.ffn_size,
                                      "num_heads": 2 * src.num_heads, "num_kv_heads": 2 * src.num_kv_heads,
                                      "num_layers": src.num_layers})
     return src, dst
@@ -59,7 +61,7 @@ def timed(fn, reps: int) -> float:
 
 def main(_):
     src, dst = configs(FLAGS.scale)
-    params = model.init_params(src, jax.random.key(0))
+    params = decoder.init_params(src, jax.random.key(0))
     jax.block_until_ready(params)
     grow = jax.jit(functools.partial(expand.expand_params, src_cfg=src, dst_cfg=dst, method=FLAGS.method,
                                      depth=FLAGS.depth))

@@ -17,7 +17,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxgrow import config, export, hf, layout, sharding
+from jaxgrow import config as config_lib
+from jaxgrow.interop import export
+from jaxgrow.interop import hf
+from jaxgrow.model import layout
+from jaxgrow.model import sharding
 
 
 def status(key):
@@ -33,7 +37,7 @@ def peak_increase(fn):
 
 
 def main(out):
-    m = config.model_config(vocab_size=4096, hidden_size=1024, ffn_size=4096, num_layers=10, num_heads=8,
+    m = config_lib.model_config(vocab_size=4096, hidden_size=1024, ffn_size=4096, num_layers=10, num_heads=8,
                             num_kv_heads=8, head_dim=128, tie_embeddings=True)
     mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 8, "tensor": 1, "dcn_data": 1}))
     shapes = layout.build_tree(m, lambda s: s.shape)

@@ -5,7 +5,7 @@
 
 Prints (all measured in this run):
   matmul FLOP/s     a dense n x n matmul (4096 f32 on CPU, 8192 bf16 on GPU/TPU): the practical peak
-  model FLOP/s      analytic train FLOPs (jaxgrow/flops.py) per step / median step time after compile
+  model FLOP/s      analytic train FLOPs (jaxgrow/model/flops.py) per step / median step time after compile
   ratio             model FLOP/s / matmul FLOP/s
   MFU               on GPU/TPU: model FLOP/s / the chip's published bf16 dense peak (DESIGN.md §7)
   pipeline ratio    tokens/s the grain pipeline alone produces / tokens/s the train step consumes
@@ -25,8 +25,15 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from jaxgrow import config as config_lib, data, flops, sharding, train  # noqa: E402
-from jaxgrow.budgets import budgets, lr_schedule  # noqa: E402
+from jaxgrow import config as config_lib  # noqa: E402
+from jaxgrow.data import corpus as corpus_lib  # noqa: E402
+from jaxgrow.data import pipeline  # noqa: E402
+from jaxgrow.model import flops  # noqa: E402
+from jaxgrow.model import sharding  # noqa: E402
+from jaxgrow.train import trainer  # noqa: E402
+from jaxgrow.family.budgets import budgets  # noqa: E402
+from jaxgrow.family.budgets import lr_schedule  # noqa: E402
+from jaxgrow.family import checks  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "run config", lock_config=True)
 flags.DEFINE_string("member", None, "member to benchmark (default: the largest)")
@@ -66,7 +73,7 @@ def chip_peak() -> float | None:
 
 def main(_):
     cfg = _CONFIG.value
-    config_lib.validate(cfg)
+    checks.validate(cfg)
     stages = budgets(cfg)
     stage = stages[-1] if FLAGS.member is None else next(s for s in stages if s.name == FLAGS.member)
     platform = jax.devices()[0].platform
@@ -75,8 +82,8 @@ def main(_):
     mm = matmul_flops_per_sec(n, mm_dtype)
 
     mesh = sharding.make_mesh(cfg.mesh)
-    compiled = train.compile_stage(stage.model, cfg.optimizer, lr_schedule(cfg, stage), mesh)
-    state = train.init_state(stage.model, compiled.optimizer, jax.random.key(0), mesh)
+    compiled = trainer.compile_stage(stage.model, cfg.optimizer, lr_schedule(cfg, stage), mesh)
+    state = trainer.init_state(stage.model, compiled.optimizer, jax.random.key(0), mesh)
     step = compiled.train_step
     rng = np.random.default_rng(0)
     batch = jax.device_put(rng.integers(0, stage.model.vocab_size, (cfg.data.batch_size, cfg.data.seq_len + 1),
@@ -97,8 +104,8 @@ def main(_):
     model_flops = stage.train_flops_per_token * tokens_per_step / step_s
     train_tps = tokens_per_step / step_s
 
-    corpus = data.prepare(cfg.data, cfg.model.vocab_size, None)
-    ds = data.train_dataset(corpus.train, cfg.data.seq_len, cfg.data.batch_size, cfg.seed)
+    corpus = corpus_lib.prepare(cfg.data, cfg.model.vocab_size, None)
+    ds = pipeline.train_dataset(corpus.train, cfg.data.seq_len, cfg.data.batch_size, cfg.seed)
     it = iter(ds.to_iter_dataset())
     next(it)
     t0 = time.perf_counter()

@@ -21,7 +21,13 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from jaxgrow import data, evaluate, expand, model, train, workdir as workdir_lib  # noqa: E402
+from jaxgrow.data import corpus as corpus_lib  # noqa: E402
+from jaxgrow.data import pipeline  # noqa: E402
+from jaxgrow.eval import evaluate  # noqa: E402
+from jaxgrow.family import workdir as workdir_lib  # noqa: E402
+from jaxgrow.model import decoder  # noqa: E402
+from jaxgrow.model import losses  # noqa: E402
+from jaxgrow import expand  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "a finished run")
 flags.DEFINE_string("member", None, "source member (default: the first)")
@@ -38,8 +44,8 @@ def main(_):
     names = [s.name for s in stages]
     src = stages[names.index(FLAGS.member) if FLAGS.member else 0]
     dst = stages[names.index(FLAGS.to) if FLAGS.to else names.index(src.name) + 1]
-    corpus = data.prepare(cfg.data, cfg.model.vocab_size, workdir)
-    batches = [jnp.asarray(b) for b in data.eval_batches(corpus.eval, cfg.data.seq_len, cfg.data.batch_size, 4)]
+    corpus = corpus_lib.prepare(cfg.data, cfg.model.vocab_size, workdir)
+    batches = [jnp.asarray(b) for b in pipeline.eval_batches(corpus.eval, cfg.data.seq_len, cfg.data.batch_size, 4)]
     params = jax.device_get(workdir_lib.member_params(workdir, src))
     base_loss = evaluate.eval_loss(params, src.model, batches)
     print(f"source {src.name} (held-out loss {base_loss:.4f}) -> {dst.name}-shaped target")
@@ -57,10 +63,10 @@ def main(_):
                                           depth=depth))(params, key=jax.random.key(0))
         diff, kl = 0.0, 0.0
         for b in batches:
-            a = model.logits(params, src.model, b[:, :-1])
-            g = model.logits(grown, target, b[:, :-1])
+            a = decoder.logits(params, src.model, b[:, :-1])
+            g = decoder.logits(grown, target, b[:, :-1])
             diff = max(diff, float(jnp.abs(a - g).max()))
-            kl += float(train.kl_divergence(a, g)) / len(batches)
+            kl += float(losses.kl_divergence(a, g)) / len(batches)
         loss = evaluate.eval_loss(grown, target, batches)
         print(f"{method:15s} {depth:11s} {diff:11.2e} {kl:13.2e} {loss:11.4f}")
 

@@ -7,7 +7,7 @@ Each member size trains independently (from scratch, its own independent-mode to
 shape) once per peak LR, as a one-member `constant`-rule run in W/<member>/lr<peak>/ (resumable). The loss-optimal
 peak per size is the best held-out loss, refined by a parabola in log(lr) through its neighbours; then
 `peak = a·N^-α` is fitted by least squares in log-log, with a 95% t-interval on α (needs >= 3 sizes). The rule file
-(JSON, see jaxgrow/lr_fit.py) holds the override `lr.rule=table` (the per-size optima, log-log interpolated) or
+(JSON, see jaxgrow/eval/lr_fit.py) holds the override `lr.rule=table` (the per-size optima, log-log interpolated) or
 `power` (the fit), the fit and the raw sweep; reproduce_paper.py --lr_rule_file uses it (progressive arms: the rule;
 fixed_lr: the smallest member's fitted peak). Bad input (fewer than 2 LRs, a bad range or rule) exits 2.
 """
@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ml_collections  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+from jaxgrow.eval import lr_fit  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "family config", lock_config=False)
 flags.DEFINE_string("workdir", None, "output directory (one run per member and LR)")
@@ -40,7 +41,8 @@ FLAGS = flags.FLAGS
 
 def member_config(base: ml_collections.ConfigDict, index: int, peak: float, seed: int) -> ml_collections.ConfigDict:
     """A one-member config: member `index` alone, from scratch, on its independent budget, at constant peak."""
-    from jaxgrow import budgets, config as config_lib  # noqa: PLC0415
+    from jaxgrow import config as config_lib  # noqa: PLC0415
+    from jaxgrow.family import budgets  # noqa: PLC0415
 
     member = config_lib.members(base)[index]
     stage = budgets.budgets(base, "independent")[index]
@@ -55,7 +57,8 @@ def member_config(base: ml_collections.ConfigDict, index: int, peak: float, seed
 
 
 def run_one(cfg, workdir: Path) -> float:
-    from jaxgrow import faults, family  # noqa: PLC0415
+    from jaxgrow.family import pipeline as family  # noqa: PLC0415
+    from jaxgrow.train import faults  # noqa: PLC0415
 
     done = workdir / "report.json"
     if not done.exists():
@@ -66,7 +69,10 @@ def run_one(cfg, workdir: Path) -> float:
 
 
 def run(argv) -> None:
-    from jaxgrow import budgets, config as config_lib, data, logs, lr_fit, passes  # noqa: PLC0415
+    from jaxgrow import config as config_lib  # noqa: PLC0415
+    from jaxgrow.data import corpus as corpus_lib  # noqa: PLC0415
+    from jaxgrow.family import budgets, checks, passes  # noqa: PLC0415
+    from jaxgrow.train import logs  # noqa: PLC0415
 
     if FLAGS.workdir is None or _CONFIG.value is None:
         raise config_lib.InputError("--config and --workdir are required")
@@ -74,10 +80,10 @@ def run(argv) -> None:
         raise config_lib.InputError(f"--rule={FLAGS.rule!r} must be one of {list(lr_fit.RULES)}")
     lrs = lr_fit.log_spaced(FLAGS.lr_min, FLAGS.lr_max, FLAGS.num_lrs)
     base = _CONFIG.value
-    config_lib.validate(base)
+    checks.validate(base)
     logs.setup()
     stages = budgets.budgets(base, "independent")
-    corpus = data.prepare(base.data, base.model.vocab_size, None)
+    corpus = corpus_lib.prepare(base.data, base.model.vocab_size, None)
     epochs = passes.epochs_per_member(stages, "independent", base.data.batch_size, corpus.train_tokens,
                                       base.data.seq_len)
     warning = passes.repeat_warning([s.name for s in stages], epochs, corpus.train_tokens)
@@ -116,16 +122,8 @@ def run(argv) -> None:
     print(f"wrote {out} (lr.rule={rule['lr']['rule']})")
 
 
-def main(argv):
-    from jaxgrow.config import InputError  # noqa: PLC0415
-
-    try:
-        run(argv)
-    except InputError as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        sys.exit(2)
-
-
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    app.run(main)
+    from jaxgrow.cli.errors import script_main  # noqa: PLC0415
+
+    app.run(script_main(run))

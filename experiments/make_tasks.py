@@ -13,7 +13,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jaxgrow import config, data, evaluate  # noqa: E402
+from jaxgrow import config as config_lib  # noqa: E402
+from jaxgrow.data import corpus  # noqa: E402
+from jaxgrow.data import formats  # noqa: E402
+from jaxgrow.eval import evaluate  # noqa: E402
 
 
 def main() -> None:
@@ -22,9 +25,9 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    cfg = config.base_config()
-    src = data.sources(cfg.data)
-    texts = data.read_documents(src.eval, cfg.data.text_field, "data.eval_files")
+    cfg = config_lib.base_config()
+    src = corpus.sources(cfg.data)
+    texts = formats.read_documents(src.eval, cfg.data.text_field, "data.eval_files")
     items = evaluate.make_continuation_tasks(texts, n_items=args.items, seed=args.seed)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

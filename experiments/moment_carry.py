@@ -26,7 +26,14 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from jaxgrow import config, data, expand, model, stats, train  # noqa: E402
+from jaxgrow import config as config_lib  # noqa: E402
+from jaxgrow.data import corpus as corpus_lib  # noqa: E402
+from jaxgrow.data import pipeline  # noqa: E402
+from jaxgrow.eval import stats  # noqa: E402
+from jaxgrow.model import decoder  # noqa: E402
+from jaxgrow.model import losses as losses_lib  # noqa: E402
+from jaxgrow.train import trainer  # noqa: E402
+from jaxgrow import expand  # noqa: E402
 
 flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds (init, data order)")
 flags.DEFINE_integer("src_steps", 150, "steps the source model trains before the expansion")
@@ -60,42 +67,42 @@ def jitted(name, make):
     return _JITTED[name]
 
 
-def run_seed(seed: int, corpus: data.Corpus, opt_cfg) -> dict:
-    src = config.model_config(**SRC)
-    batches = iter(data.train_dataset(corpus.train, 128, 16, seed))
-    evals = [jnp.asarray(b) for b in data.eval_batches(corpus.eval, 128, 16, 8)]
-    opt = train.make_optimizer(opt_cfg, src)
-    params = model.init_params(src, jax.random.key(seed))
-    state = train.new_state(params, opt.init(params))
-    step = jitted("src", lambda: train.make_train_step(src, opt, schedule(FLAGS.lr, 10)))
+def run_seed(seed: int, corpus: corpus_lib.Corpus, opt_cfg) -> dict:
+    src = config_lib.model_config(**SRC)
+    batches = iter(pipeline.train_dataset(corpus.train, 128, 16, seed))
+    evals = [jnp.asarray(b) for b in pipeline.eval_batches(corpus.eval, 128, 16, 8)]
+    opt = trainer.make_optimizer(opt_cfg, src)
+    params = decoder.init_params(src, jax.random.key(seed))
+    state = trainer.new_state(params, opt.init(params))
+    step = jitted("src", lambda: trainer.make_train_step(src, opt, schedule(FLAGS.lr, 10)))
     for _ in range(FLAGS.src_steps):
         state, _ = step(state, jnp.asarray(next(batches)))
     after = [jnp.asarray(next(batches)) for _ in range(FLAGS.steps)]
     out = {}
     for method, growth in GROWTHS.items():
-        dst = config.model_config(**{**SRC, **growth})
+        dst = config_lib.model_config(**{**SRC, **growth})
         grown = expand.expand_params(state.params, src, dst, method=method, key=jax.random.key(1000 + seed))
-        dst_opt = train.make_optimizer(opt_cfg, dst)
-        eval_step = jitted(f"eval/{method}", lambda: train.make_eval_step(dst))
+        dst_opt = trainer.make_optimizer(opt_cfg, dst)
+        eval_step = jitted(f"eval/{method}", lambda: losses_lib.make_eval_step(dst))
         for warmup in WARMUPS:
-            dst_step = jitted(f"{method}/{warmup}", lambda: train.make_train_step(dst, dst_opt, schedule(FLAGS.lr, warmup)))
+            dst_step = jitted(f"{method}/{warmup}", lambda: trainer.make_train_step(dst, dst_opt, schedule(FLAGS.lr, warmup)))
             for policy in POLICIES:
                 opt_state = expand.expand_opt_state(state.opt_state, state.params, src, dst, method=method,
                                                     policy=policy)
-                s = train.new_state(grown, opt_state)
+                s = trainer.new_state(grown, opt_state)
                 losses = []
                 for batch in after:
                     s, metrics = dst_step(s, batch)
                     losses.append(float(metrics["loss"]))
                 out[f"{method}/warmup{warmup}/{policy}"] = {
-                    "train_loss": losses, "eval_loss_end": train.evaluate_loss(eval_step, s.params, evals)}
+                    "train_loss": losses, "eval_loss_end": losses_lib.evaluate_loss(eval_step, s.params, evals)}
     return out
 
 
 def main(_):
     seeds = stats.parse_seeds(",".join(FLAGS.seeds))
-    cfg = config.base_config()
-    corpus = data.prepare(cfg.data, SRC["vocab_size"], None)
+    cfg = config_lib.base_config()
+    corpus = corpus_lib.prepare(cfg.data, SRC["vocab_size"], None)
     t0 = time.perf_counter()
     runs = {seed: run_seed(seed, corpus, cfg.optimizer) for seed in seeds}
     table = []

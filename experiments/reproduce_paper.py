@@ -34,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ml_collections  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+from jaxgrow.eval import comparison  # noqa: E402
+from jaxgrow.family import budgets  # noqa: E402
 
 ARMS = ("progressive", "fixed_lr", "independent", "consistency", "paper_operator")
 
@@ -48,13 +50,13 @@ flags.DEFINE_float("fixed_lr", 0.0, "fixed_lr arm's constant peak LR (0: the ada
 flags.DEFINE_float("consistency_weight", 0.5, "consistency arm: KL weight")
 flags.DEFINE_float("consistency_fraction", 0.5, "consistency arm: fraction of each stage with the KL term")
 flags.DEFINE_integer("task_items", 200, "items in the generated multiple-choice task")
-flags.DEFINE_string("bench_suite", "core", "standard benchmarks per member per arm (jaxgrow/benchmarks.py; '' = off)")
+flags.DEFINE_string("bench_suite", "core", "standard benchmarks per member per arm (jaxgrow/eval/benchmarks; '' = off)")
 flags.DEFINE_integer("bench_limit", 100, "items per benchmark task (MMLU: per subject); 0 = all")
 FLAGS = flags.FLAGS
 
 
 def arm_config(base: ml_collections.ConfigDict, arm: str, seed: int) -> ml_collections.ConfigDict:
-    from jaxgrow import budgets, schedules  # noqa: PLC0415
+    from jaxgrow.train import schedules  # noqa: PLC0415
 
     cfg = ml_collections.ConfigDict(base.to_dict())
     cfg.seed = int(seed)
@@ -75,10 +77,12 @@ def arm_config(base: ml_collections.ConfigDict, arm: str, seed: int) -> ml_colle
 
 def check_passes(arm_cfgs: dict, allow_repeats: bool) -> dict:
     """{arm: [epochs per member]}; InputError when an arm repeats its data and repeats are not allowed."""
-    from jaxgrow import budgets, config as config_lib, data, passes  # noqa: PLC0415
+    from jaxgrow import config as config_lib  # noqa: PLC0415
+    from jaxgrow.data import corpus as corpus_lib  # noqa: PLC0415
+    from jaxgrow.family import passes  # noqa: PLC0415
 
     base = next(iter(arm_cfgs.values()))
-    corpus = data.prepare(base.data, base.model.vocab_size, None)
+    corpus = corpus_lib.prepare(base.data, base.model.vocab_size, None)
     out = {}
     for arm, cfg in arm_cfgs.items():
         stages = budgets.budgets(cfg)
@@ -93,7 +97,9 @@ def check_passes(arm_cfgs: dict, allow_repeats: bool) -> dict:
 
 
 def run_arm(label: str, cfg, workdir: Path, tasks: Path) -> dict:
-    from jaxgrow import commands, faults, family  # noqa: PLC0415
+    from jaxgrow.cli import commands  # noqa: PLC0415
+    from jaxgrow.family import pipeline as family  # noqa: PLC0415
+    from jaxgrow.train import faults  # noqa: PLC0415
 
     done = workdir / "report.json"
     if not (done.exists() and (workdir / "eval.json").exists()):
@@ -109,33 +115,40 @@ def run_arm(label: str, cfg, workdir: Path, tasks: Path) -> dict:
 
 def run_benchmarks(label: str, workdir: Path) -> None:
     """The standard suite for every member of the arm (skipped when eval.json already has it)."""
-    from jaxgrow import benchmarks  # noqa: PLC0415
+    from jaxgrow.cli import evaluate as evaluate_cmd  # noqa: PLC0415
+    from jaxgrow.eval.benchmarks import tasks as bench_tasks  # noqa: PLC0415
 
     if not FLAGS.bench_suite:
         return
-    suites = benchmarks.parse_suites(FLAGS.bench_suite)
+    suites = bench_tasks.parse_suites(FLAGS.bench_suite)
     members = json.loads((workdir / "eval.json").read_text())["members"]
     if all(all(t in m.get(s, {}) for s, ts in suites.items() for t in ts) for m in members.values()):
         return
     t0 = time.perf_counter()
-    benchmarks.evaluate_workdir(workdir, FLAGS.bench_suite, limit=FLAGS.bench_limit or None, progress=False)
+    evaluate_cmd.evaluate_workdir(workdir, FLAGS.bench_suite, limit=FLAGS.bench_limit or None, progress=False)
     print(f"[{label}] benchmarks {FLAGS.bench_suite} in {time.perf_counter() - t0:.0f}s", flush=True)
 
 
 def write_tasks(cfg, path: Path) -> None:
-    from jaxgrow import data, evaluate  # noqa: PLC0415
+    from jaxgrow.data import corpus as corpus_lib  # noqa: PLC0415
+    from jaxgrow.data import formats  # noqa: PLC0415
+    from jaxgrow.eval import evaluate  # noqa: PLC0415
 
     if path.exists():
         return
-    src = data.sources(cfg.data)
-    texts = data.read_documents(src.eval, cfg.data.text_field, "data.eval_files")
+    src = corpus_lib.sources(cfg.data)
+    texts = formats.read_documents(src.eval, cfg.data.text_field, "data.eval_files")
     items = evaluate.make_continuation_tasks(texts, n_items=FLAGS.task_items, seed=cfg.seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(item) + "\n" for item in items))
 
 
 def run(argv) -> None:
-    from jaxgrow import comparison, config as config_lib, logs, lr_fit, stats  # noqa: PLC0415
+    from jaxgrow import config as config_lib  # noqa: PLC0415
+    from jaxgrow.eval import lr_fit  # noqa: PLC0415
+    from jaxgrow.eval import stats  # noqa: PLC0415
+    from jaxgrow.family import checks  # noqa: PLC0415
+    from jaxgrow.train import logs  # noqa: PLC0415
 
     if FLAGS.workdir is None or _CONFIG.value is None:
         raise config_lib.InputError("--config and --workdir are required")
@@ -147,13 +160,13 @@ def run(argv) -> None:
         raise config_lib.InputError(f"--arms={','.join(arms)} repeats an arm; each arm must appear once")
     base = _CONFIG.value
     seeds = stats.parse_seeds(FLAGS.seeds if FLAGS.seeds is not None else str(base.seed))
-    config_lib.validate(base)
+    checks.validate(base)
     if FLAGS.lr_rule_file:
         base = lr_fit.apply_rule_file(base, FLAGS.lr_rule_file)
     logs.setup()
     arm_cfgs = {(a, s): arm_config(base, a, s) for a in arms for s in seeds}
     for cfg in arm_cfgs.values():
-        config_lib.validate(cfg)
+        checks.validate(cfg)
     workdir = Path(FLAGS.workdir).absolute()
     finished = all((workdir / "arms" / a / f"seed{s}" / "eval.json").exists() for a, s in arm_cfgs)
     if not finished:  # (a finished set was checked when it was trained; its reports state the epochs)
@@ -172,16 +185,8 @@ def run(argv) -> None:
     print(f"wrote {workdir / 'comparison.json'}, comparison.md, comparison.png")
 
 
-def main(argv):
-    from jaxgrow.config import InputError  # noqa: PLC0415
-
-    try:
-        run(argv)
-    except InputError as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        sys.exit(2)
-
-
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    app.run(main)
+    from jaxgrow.cli.errors import script_main  # noqa: PLC0415
+
+    app.run(script_main(run))

@@ -15,7 +15,6 @@ from typing import Any
 
 import ml_collections
 
-from jaxgrow import layout
 
 MODEL_KEYS = ("vocab_size", "hidden_size", "ffn_size", "num_layers", "num_heads", "num_kv_heads",
               "head_dim", "tie_embeddings", "rope_theta", "norm_eps", "dtype", "init_std",
@@ -153,7 +152,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.log.progress = True          # tqdm progress bar on the terminal
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.suite = ""              # standard benchmarks during training (jaxgrow/benchmarks.py): "" = off, core | math | tasks
+    c.eval.suite = ""              # standard benchmarks during training (jaxgrow/eval/benchmarks): "" = off, core | math | tasks
     c.eval.limit = 50              # items per task (MMLU: per subject) for the in-loop suite
     c.eval.shots = 0               # few-shot examples per item
     c.eval.every_steps = 0         # run it every N steps (0: only at the end of each stage)
@@ -202,20 +201,6 @@ def members(config: ml_collections.ConfigDict) -> list[Member]:
     if positions != list(range(len(out))):
         raise ConfigError(f"members.*.position must be 0..{len(out) - 1} without repeats, got {positions}")
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Parameter counts
-
-
-def param_count(m: Any) -> int:
-    """Total parameters: the sum over the layout's declaration (layout.param_specs)."""
-    return sum(math.prod(spec.shape) for spec in layout.param_specs(m))
-
-
-def non_embedding_param_count(m: Any) -> int:
-    """N: parameters outside the token embedding and LM head (the N of scaling laws and LR rules)."""
-    return param_count(m) - layout.embedding_param_count(m)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,17 +291,6 @@ def validate(config: ml_collections.ConfigDict) -> list[Member]:
     _check(0 <= lr.min_lr_ratio <= 1, f"lr.min_lr_ratio={lr.min_lr_ratio} must be in [0, 1]")
     _check(0 < lr.wsd_decay_fraction <= 1, f"lr.wsd_decay_fraction={lr.wsd_decay_fraction} must be in (0, 1]")
     _check(lr.n_ref > 0, f"lr.n_ref={lr.n_ref} must be > 0")
-    from jaxgrow import schedules  # noqa: PLC0415  (imports jax; config itself stays light)
-
-    for mem in fam:  # every member's peak LR, so a bad rule or table fails before anything is written
-        n = non_embedding_param_count(mem.model)
-        try:
-            peak = schedules.peak_lr(n, lr.rule, peak=lr.peak, n_ref=lr.n_ref, alpha=lr.alpha, table=lr.table)
-        except ValueError as e:
-            raise ConfigError(f"{e} (member {mem.name}, N={n:,})") from None
-        _check(math.isfinite(peak) and peak > 0,
-               f"lr.rule={lr.rule!r} gives peak LR {peak} for member {mem.name} (N={n:,}); it must be finite and > 0")
-
     e = config.expansion
     _check(e.method in EXPANSION_METHODS, f"expansion.method={e.method!r} must be one of {list(EXPANSION_METHODS)}")
     _check(e.depth in DEPTH_STRATEGIES, f"expansion.depth={e.depth!r} must be one of {list(DEPTH_STRATEGIES)}")

@@ -30,6 +30,7 @@ from etils import epath
 
 from jaxgrow.config import InputError
 
+
 # scheme -> the fsspec implementation etils' fsspec backend needs (the `.[gcs]` / `.[s3]` extras)
 SCHEME_PACKAGES = {"gs": "gcsfs", "s3": "s3fs", "az": "adlfs", "hf": "huggingface_hub"}
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")

@@ -72,6 +72,29 @@ def tiny_family(tmp_path_factory) -> Path:
     return workdir
 
 
+@pytest.fixture(scope="module")
+def bpe():
+    """A 512-token byte-level BPE trained on generated documents (data_common.make_docs)."""
+    from data_common import make_docs  # noqa: PLC0415
+    from jaxgrow.data import tokenizers  # noqa: PLC0415
+
+    return tokenizers.describe(tokenizers.train_bpe(make_docs(300, seed=9), 512))
+
+
+@pytest.fixture(scope="session")
+def mistral_tokenizer(tmp_path_factory) -> Path:
+    """Mistral-7B-v0.1's published SentencePiece tokenizer (shipped by PyPI mistral-common),
+    converted to a tokenizer.json with transformers."""
+    mc = pytest.importorskip("mistral_common")
+    transformers = pytest.importorskip("transformers")
+    src = Path(mc.__file__).parent / "data" / "tokenizer.model.v1"
+    d = tmp_path_factory.mktemp("mistral")
+    shutil.copyfile(src, d / "tokenizer.model")
+    tok = transformers.LlamaTokenizer.from_pretrained(str(d))
+    tok.backend_tokenizer.save(str(d / "tokenizer.json"))
+    return d / "tokenizer.json"
+
+
 @pytest.fixture(scope="session")
 def devices8():
     if len(jax.devices()) < 8:

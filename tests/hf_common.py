@@ -6,7 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgrow import config, layout, model
+from jaxgrow import config as config_lib
+from jaxgrow.model import decoder, layout
+
 
 VOCAB = 320
 TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
@@ -29,12 +31,12 @@ CONFIGS = {
 
 
 def our_config(name: str, **kw):
-    return config.model_config(vocab_size=VOCAB, init_std=0.2, **{**CONFIGS[name], **kw})
+    return config_lib.model_config(vocab_size=VOCAB, init_std=0.2, **{**CONFIGS[name], **kw})
 
 
 def random_params(model_cfg, seed: int = 0) -> dict:
     """Init at the config's (large) std, plus norm gains away from 1 so their mapping is tested."""
-    params = model.init_params(model_cfg, jax.random.key(seed))
+    params = decoder.init_params(model_cfg, jax.random.key(seed))
     keys = iter(jax.random.split(jax.random.key(seed + 1), 8))
     for path in (("layers", "attn_norm", "scale"), ("layers", "mlp_norm", "scale"), ("final_norm", "scale")):
         x = layout.get_path(params, path)
@@ -46,11 +48,11 @@ def random_tokens(vocab: int, shape=(2, 24), seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab, shape).astype(np.int32)
 
 
-_jit_logits = jax.jit(model.logits, static_argnums=1)
+_jit_logits = jax.jit(decoder.logits, static_argnums=1)
 
 
 def our_logits(params, model_cfg, tokens: np.ndarray) -> np.ndarray:
-    return np.asarray(_jit_logits(params, config.frozen(model_cfg), jnp.asarray(tokens)))
+    return np.asarray(_jit_logits(params, config_lib.frozen(model_cfg), jnp.asarray(tokens)))
 
 
 def assert_params_equal(a: dict, b: dict) -> None:

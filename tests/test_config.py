@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from jaxgrow import config, expand, family
+from jaxgrow import config as config_lib, expand
+from jaxgrow.family import checks, pipeline as family
 
 
 def tiny():
@@ -34,8 +35,8 @@ def tiny():
 def test_invalid_configs_raise_errors_naming_the_field(mutate, field):
     c = tiny()
     mutate(c)
-    with pytest.raises(config.ConfigError, match=field.replace("(", r"\(").replace(".", r"\.").replace("*", r"\*")):
-        config.validate(c)
+    with pytest.raises(config_lib.ConfigError, match=field.replace("(", r"\(").replace(".", r"\.").replace("*", r"\*")):
+        checks.validate(c)
 
 
 def family_tiny():
@@ -43,7 +44,7 @@ def family_tiny():
 
 
 def test_family_members_in_order_with_overrides():
-    fam = config.validate(family_tiny())
+    fam = checks.validate(family_tiny())
     assert [m.name for m in fam] == ["small", "medium", "large"]
     assert [m.model.hidden_size for m in fam] == [64, 96, 128]
     assert all(m.model.vocab_size == 2048 for m in fam)
@@ -58,8 +59,8 @@ def test_family_members_in_order_with_overrides():
 def test_family_members_may_not_shrink_or_change_vocab_or_head_dim(key, value, msg):
     c = family_tiny()
     c.members.medium[key] = value
-    with pytest.raises(config.ConfigError, match=msg):
-        config.validate(c)
+    with pytest.raises(config_lib.ConfigError, match=msg):
+        checks.validate(c)
 
 
 def test_config_drift_ignores_run_length_and_logging_keys():
@@ -68,10 +69,10 @@ def test_config_drift_ignores_run_length_and_logging_keys():
     b["budget_scale"] = 0.1
     b["log"]["every_steps"] = 3
     b["checkpoint"]["keep"] = 5
-    assert config.drift(a, b) == []
+    assert config_lib.drift(a, b) == []
     b["lr"]["peak"] = 1.0
     b["members"]["large"]["hidden_size"] = 256
-    assert config.drift(a, b) == ["lr.peak", "members.large.hidden_size"]
+    assert config_lib.drift(a, b) == ["lr.peak", "members.large.hidden_size"]
 
 
 @pytest.mark.parametrize("changes,message", [
@@ -82,34 +83,34 @@ def test_config_drift_ignores_run_length_and_logging_keys():
 def test_bad_lr_settings_are_refused_by_validate(changes, message):
     c = family_tiny()
     c.lr.update(changes)
-    with pytest.raises(config.ConfigError, match=message.replace("(", r"\(").replace(".", r"\.").replace("*", r"\*")):
-        config.validate(c)
+    with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(").replace(".", r"\.").replace("*", r"\*")):
+        checks.validate(c)
 
 
 def test_kaplan_rule_is_checked_for_every_member_before_anything_is_written(tmp_path):
     c = family_tiny()
     c.lr.rule = "kaplan"
-    config.validate(c)  # small members: positive LR
+    checks.validate(c)  # small members: positive LR
     # a member beyond ~1.2e10 non-embedding params gets a non-positive Kaplan LR
-    config.add_member(c, "huge", hidden_size=16384, ffn_size=65536, num_layers=64, num_heads=128, num_kv_heads=2)
-    with pytest.raises(config.ConfigError, match="kaplan.*non-positive LR.*member huge"):
-        config.validate(c)
-    with pytest.raises(config.ConfigError, match="member huge"):
+    config_lib.add_member(c, "huge", hidden_size=16384, ffn_size=65536, num_layers=64, num_heads=128, num_kv_heads=2)
+    with pytest.raises(config_lib.ConfigError, match="kaplan.*non-positive LR.*member huge"):
+        checks.validate(c)
+    with pytest.raises(config_lib.ConfigError, match="member huge"):
         family.prepare(c, tmp_path / "w")
     assert not (tmp_path / "w").exists()  # no config.json, nothing at all
 
 
 def test_unplaceable_gqa_growth_is_refused_before_training(tmp_path):
-    c = config.base_config()
-    c.model = config.model_config(vocab_size=512, head_dim=16)
-    config.add_member(c, "a", hidden_size=64, ffn_size=128, num_layers=2, num_heads=9, num_kv_heads=3)
-    config.add_member(c, "b", hidden_size=64, ffn_size=128, num_layers=2, num_heads=10, num_kv_heads=5)
-    config.validate(c)  # each member is valid on its own
-    fam = config.members(c)
+    c = config_lib.base_config()
+    c.model = config_lib.model_config(vocab_size=512, head_dim=16)
+    config_lib.add_member(c, "a", hidden_size=64, ffn_size=128, num_layers=2, num_heads=9, num_kv_heads=3)
+    config_lib.add_member(c, "b", hidden_size=64, ffn_size=128, num_layers=2, num_heads=10, num_kv_heads=5)
+    config_lib.validate(c)  # each member is valid on its own
+    fam = config_lib.members(c)
     with pytest.raises(ValueError, match="num_kv_heads=5"):
         expand.check(fam[0].model, fam[1].model, "zero", "identity")
-    with pytest.raises(config.ConfigError, match="expansion members.a -> members.b: .*num_kv_heads=5"):
+    with pytest.raises(config_lib.ConfigError, match="expansion members.a -> members.b: .*num_kv_heads=5"):
         family.prepare(c, tmp_path / "w")
     assert not (tmp_path / "w").exists()
     c.members.b.num_kv_heads = 10  # 9/3 -> 10/10 places every old head next to a copy of its KV head
-    expand.check(config.members(c)[0].model, config.members(c)[1].model, "zero", "identity")
+    expand.check(config_lib.members(c)[0].model, config_lib.members(c)[1].model, "zero", "identity")

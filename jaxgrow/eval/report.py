@@ -1,0 +1,165 @@
+"""report.json / report.md / PNG plots for a finished family run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxgrow import storage
+from jaxgrow.model import flops
+
+
+def goodput_markdown(summary: dict) -> str:
+    f = summary["fractions"]
+    parts = ", ".join(f"{k} {100 * v:.1f}%" for k, v in f.items() if k != "train")  # the buckets in goodput.py's order
+    return (f"Goodput: {100 * summary['goodput']:.1f}% of {summary['wall_seconds']:.1f}s wall time in train steps "
+            f"(rest: {parts}; outside train steps excluding compile: "
+            f"{100 * summary['non_train_excluding_compile']:.1f}%)")
+
+PLOTS = {"eval_loss_vs_flops.png": "held-out loss vs cumulative train FLOPs",
+         "lr_schedule.png": "LR schedule of every stage"}
+
+
+def read_metrics(workdir: Path) -> list[dict]:
+    """metrics.jsonl records; for repeated (stage, step, kind) after a resume the last one wins."""
+    path = storage.join(workdir, "metrics.jsonl")
+    if not path.exists():
+        return []
+    latest: dict[tuple, dict] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            latest[(r.get("stage"), r.get("step"), "eval_loss" in r, "bench_suite" in r)] = r
+    return sorted(latest.values(), key=lambda r: (r.get("stage", 0), r.get("step", 0)))
+
+
+def build(cfg: Any, stages: list, member_evals: list[dict], independent_stages: list) -> dict:
+    """The report dict. member_evals[i]: {'eval_loss', 'kl_to_next', 'kl_from_next'}."""
+    total = float(sum(s.train_flops for s in stages))
+    independent_total = float(sum(s.train_flops for s in independent_stages))
+    members, cumulative = [], 0.0
+    for s, ev in zip(stages, member_evals):
+        cumulative += s.train_flops
+        members.append({
+            "name": s.name, "params": s.params, "non_embedding_params": s.non_embedding_params, "tokens": s.tokens,
+            "steps": s.steps, "train_flops": s.train_flops, "cumulative_train_flops": cumulative,
+            "train_flops_per_token": s.train_flops_per_token, "eval_loss": ev["eval_loss"],
+            "eval_ppl": float(np.exp(min(ev["eval_loss"], 50.0))), "kl_to_next": ev["kl_to_next"],
+            "kl_from_next": ev["kl_from_next"], "draft_acceptance": ev.get("draft_acceptance"),
+            "epochs": ev.get("epochs"),
+        })
+    return {
+        "mode": cfg.mode, "flops_convention": flops.CONVENTION, "total_train_flops": total,
+        "independent_total_train_flops": independent_total,
+        "flops_saved_fraction": 1.0 - total / independent_total if independent_total else 0.0,
+        "expansion": {"method": cfg.expansion.method, "depth": cfg.expansion.depth} if cfg.mode == "progressive" else None,
+        "lr_rule": cfg.lr.rule, "consistency_weight": cfg.consistency.weight, "members": members,
+    }
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# jaxgrow family report ({report['mode']})", "",
+             f"Total train FLOPs: {report['total_train_flops']:.4g} "
+             f"(independent family: {report['independent_total_train_flops']:.4g}; "
+             f"saved: {100 * report['flops_saved_fraction']:.1f}%)", "",
+             f"FLOPs convention: {report['flops_convention']}", "",
+             "| member | params | non-emb params | tokens | train FLOPs | eval loss | eval ppl | KL(this‖next) | KL(next‖this) "
+             "| draft acceptance for next (T=0 / T=1) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    fmt = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
+    for m in report["members"]:
+        lines.append(f"| {m['name']} | {m['params']:,} | {m['non_embedding_params']:,} | {m['tokens']:,} | "
+                     f"{m['train_flops']:.3g} | {m['eval_loss']:.4f} | {m['eval_ppl']:.2f} | "
+                     f"{fmt(m['kl_to_next'])} | {fmt(m['kl_from_next'])} | {_acceptance_cell(m.get('draft_acceptance'))} |")
+    if any(m.get("draft_acceptance") for m in report["members"]):
+        a = next(m["draft_acceptance"] for m in report["members"] if m.get("draft_acceptance"))
+        lines += ["", f"Draft acceptance: the fraction of this member's speculative draft tokens (gamma={a['gamma']}) "
+                  f"that the next member accepts, on {a['prompts']} held-out prompts x {a['new_tokens']} new tokens "
+                  "(jaxgrow/serve/speculative.py)."]
+    if any(m.get("epochs") is not None for m in report["members"]):
+        lines += ["", "Epochs (passes over the training stream seen by each member's weights; a progressive member "
+                  "counts its whole lineage): " + ", ".join(f"{m['name']} {m['epochs']:.2f}" for m in report["members"]
+                                                            if m.get("epochs") is not None)]
+    if report.get("goodput"):
+
+        lines += ["", goodput_markdown(report["goodput"])]
+    lines += ["", "## Plots", ""]
+    for name, title in PLOTS.items():  # written next to report.md by `write`
+        lines += [f"![{title}]({name})", ""]
+    return "\n".join(lines)
+
+
+def _acceptance_cell(a: dict | None) -> str:
+    return "—" if not a else f"{a['temperature_0']:.3f} / {a['temperature_1']:.3f}"
+
+
+def plot_eval_vs_flops(series: dict[str, dict[str, list[tuple[float, float]]]], path: Path, title: str) -> None:
+    """series: label -> member -> [(cumulative FLOPs, eval loss)]; one colour per label, one
+    segment per member (an independent member restarts from scratch, so segments do not join)."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, members) in enumerate(series.items()):
+        for j, points in enumerate(members.values()):
+            if points:
+                x, y = zip(*points)
+                ax.plot(x, y, marker=".", color=colours[i % len(colours)], label=label if j == 0 else None)
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative train FLOPs")
+    ax.set_ylabel("held-out loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_lr(stages: list, schedules: list, path: Path) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    offset = 0
+    for s, sched in zip(stages, schedules):
+        steps = np.arange(s.steps)
+        ax.plot(offset + steps, [float(v) for v in sched(steps)], label=s.name)
+        offset += s.steps
+    ax.set_xlabel("step (all stages)")
+    ax.set_ylabel("learning rate")
+    ax.set_title("LR schedule per stage (each re-warms to its own peak)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def eval_series(metrics: list[dict]) -> dict[str, list[tuple[float, float]]]:
+    """member -> [(cumulative train FLOPs, eval loss)] from metrics.jsonl records."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in metrics:
+        if "eval_loss" in r:
+            series.setdefault(r["member"], []).append((r["train_flops"], r["eval_loss"]))
+    return series
+
+
+def write(workdir: Path, report: dict, stages: list, schedules: list) -> None:
+    workdir = storage.join(workdir)
+    storage.atomic_write_text(workdir / "report.json", json.dumps(report, indent=2))
+    storage.atomic_write_text(workdir / "report.md", markdown(report))
+    per_member = eval_series(read_metrics(workdir))
+    with storage.local_output(workdir / "eval_loss_vs_flops.png") as path:  # matplotlib writes local files
+        plot_eval_vs_flops({m: {m: pts} for m, pts in per_member.items()}, path,
+                           f"held-out loss vs cumulative FLOPs ({report['mode']})")
+    with storage.local_output(workdir / "lr_schedule.png") as path:
+        plot_lr(stages, schedules, path)

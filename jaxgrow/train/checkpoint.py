@@ -1,0 +1,329 @@
+"""Orbax checkpoints: params + optimizer state + a JSON `meta` item (step, data-iterator state,
+resolved config, layout version, per-leaf checksums).
+
+Integrity: orbax commits a step atomically (temporary directory, then rename), so a write killed
+half-way never appears as a step. On top of that, every save records a checksum per array (the
+uint32 sum of its bits, computed on device, order independent, so it matches under any sharding);
+restore recomputes them. A step that fails to restore or whose checksums differ is reported,
+moved aside to `<dir>/corrupt/<step>` (kept, never deleted) and the next older step is tried.
+
+Remote directories (gs://, s3://): orbax 0.12.8 cannot write them itself (its tensorstore spec
+builder turns `s3://b/x` into `s3:/b/x` and refuses it), and an object store has no atomic rename
+anyway. So a remote `Checkpoints` runs orbax on a local staging directory and mirrors it: a save
+writes the step locally, uploads every file of it, and only then writes `<step>/COMMITTED` (a JSON
+list of the step's files and sizes) as the last object. Only steps with that marker exist: a
+killed upload leaves a prefix without it, which is ignored and cleared before that step is saved
+again. Restore downloads exactly the listed files (sizes checked) into staging and restores them
+with orbax there; the rolling `keep` deletes only committed steps older than the newest committed
+one (the marker first, so a half-deleted step never looks committed). Remote saves block until
+the upload is committed (async_save applies to local directories). Single process only: orbax
+would need a shared staging filesystem across hosts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from etils import epath
+
+from jaxgrow import storage
+from jaxgrow.model import layout
+
+
+log = logging.getLogger("jaxgrow")
+
+
+ITEMS = ("params", "opt_state", "meta")
+COMMIT_MARKER = "COMMITTED"  # remote steps: written last, lists the step's files (see the module doc)
+
+
+class CorruptCheckpoint(RuntimeError):
+    """A step whose files fail their checksums or cannot be parsed (not an I/O error or OOM)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Meta:
+    """What every checkpoint records besides the arrays (the one place its fields are listed).
+
+    `save` adds step, layout_version and checksums; `read_meta`/`restore` return the stored dict
+    (`Meta.from_json` turns it back into a Meta).
+    """
+
+    stage: int                 # stage index in the family
+    member: str                # member name
+    mode: str                  # progressive | independent
+    model: dict                # the member's model config (ConfigDict.to_dict())
+    data_state: Any = None     # the data iterator's state (None: start of the stream)
+    nonfinite: int = 0         # steps skipped in this stage because loss/grads were not finite
+    expanded_from: str | None = None  # `expand`: the source checkpoint directory
+    imported_from: str | None = None  # `import`: the Hugging Face checkpoint directory
+
+    def replace(self, **changes) -> "Meta":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if v is not None or k == "data_state"}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Meta":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@jax.jit
+def _checksums(tree: Any) -> list[jax.Array]:
+    def one(x):
+        x = jnp.asarray(x)
+        if x.dtype.itemsize == 4:
+            bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+        else:
+            bits = x.astype(jnp.uint32)
+        return jnp.sum(bits, dtype=jnp.uint32)
+
+    return [one(x) for x in jax.tree.leaves(tree)]
+
+
+def checksums(tree: Any) -> list[int]:
+    """One uint32 per leaf (in tree-flatten order)."""
+    return [int(v) for v in jax.device_get(_checksums(tree))]
+
+
+# Status codes (tensorstore/XLA put them in the message) of failures that are not the files' fault.
+_TRANSIENT_CODES = ("RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED",
+                    "UNAUTHENTICATED", "Out of memory", "out of memory")
+
+
+def is_damage(e: BaseException) -> bool:
+    """True if a restore error means the step's files are damaged (bad format, missing or misshapen
+    arrays, unparsable metadata); False for I/O errors, permissions and out-of-memory, which must
+    propagate and leave the step in place."""
+    for err in (e, e.__cause__, e.__context__):
+        if err is None:
+            continue
+        if isinstance(err, MemoryError):
+            return False
+        if isinstance(err, OSError) and not isinstance(err, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+            return False
+        if any(code in str(err) for code in _TRANSIENT_CODES):
+            return False
+    return True
+
+
+_STAGING_PREFIX = "jaxgrow-ckpt-staging-"
+
+
+def _staging_dir() -> Path:
+    """A fresh local staging directory named after this process; those of dead processes (a SIGKILL
+    leaves up to a whole checkpoint behind) are removed first."""
+    root = Path(tempfile.gettempdir())
+    for old in root.glob(f"{_STAGING_PREFIX}*-*"):
+        try:
+            pid = int(old.name[len(_STAGING_PREFIX):].split("-")[0])
+            os.kill(pid, 0)  # raises if no such process
+        except ProcessLookupError:
+            shutil.rmtree(old, ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass  # not ours to judge: another user's process, or a name we did not write
+    return Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-"))
+
+
+class Checkpoints:
+    """A directory of step checkpoints with a rolling `keep` policy (keep=None keeps all).
+
+    `directory` may be local or remote (gs://, s3://; staged locally, see the module doc)."""
+
+    def __init__(self, directory: str | Path | epath.Path, keep: int | None = None, async_save: bool = False):
+        self.remote = storage.is_remote(directory)
+        self.keep = keep
+        if self.remote:
+            if jax.process_count() > 1:
+                raise RuntimeError(f"{directory}: remote checkpoints are staged on local disk, which needs a single "
+                                   "process; give a shared filesystem path for multi-process runs")
+            self.directory = epath.Path(str(directory))
+            self._staging = _staging_dir()
+            local_dir, keep, async_save = self._staging, None, False  # staging holds at most one step at a time
+        else:
+            self.directory = local_dir = Path(directory).absolute()  # orbax refuses relative paths
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
+                                               cleanup_tmp_directories=True, create=True)
+        self._mgr = ocp.CheckpointManager(local_dir, options=options, item_names=ITEMS)
+
+    def steps(self) -> list[int]:
+        if self.remote:
+            return committed_steps(self.directory)
+        return sorted(self._mgr.all_steps())
+
+    def latest_step(self) -> int | None:
+        if self.remote:
+            steps = self.steps()
+            return steps[-1] if steps else None
+        return self._mgr.latest_step()
+
+    def save(self, step: int, params: Any, opt_state: Any, meta: Meta) -> None:
+        """Saves (blocking unless async_save on a local directory)."""
+        meta = dict(meta.to_json(), step=int(step), layout_version=layout.LAYOUT_VERSION,
+                    checksums={"params": checksums(params), "opt_state": checksums(opt_state)})
+        self._mgr.wait_until_finished()
+        self._mgr.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+            meta=ocp.args.JsonSave(meta)), force=True)
+        if self.remote:
+            self._mgr.wait_until_finished()
+            self._upload(step)
+
+    def _upload(self, step: int) -> None:
+        """Mirrors staged step `step` to the bucket, commits it, applies `keep`, clears staging."""
+        remote = self.directory / str(step)
+        if jax.process_index() == 0:
+            marker = remote / COMMIT_MARKER
+            if marker.exists():
+                marker.unlink()  # re-saving a committed step: it stops being a step before it changes
+            storage.remove_tree(remote)  # leftovers of an upload killed half-way (never committed)
+            files = storage.upload_tree(self._staging / str(step), remote)
+            storage.atomic_write_text(marker, json.dumps({"step": int(step), "files": files}, indent=1))
+            if self.keep is not None:
+                committed = committed_steps(self.directory)
+                for old in committed[:-self.keep]:  # only committed steps, never the newest ones
+                    (self.directory / str(old) / COMMIT_MARKER).unlink()
+                    storage.remove_tree(self.directory / str(old))
+        self._clear_staging()
+
+    def _clear_staging(self) -> None:
+        for p in self._staging.iterdir():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        self._mgr.reload()
+
+    def _download(self, step: int, params_only: bool = False) -> None:
+        """Brings committed remote step `step` into staging (only the files its marker lists; without
+        the optimizer state when only the params are restored: eval, export, sample).
+
+        An unreadable marker or a listed file that is missing or short raises CorruptCheckpoint (the
+        step's files are damaged); any other error (network, credentials) propagates unchanged, so a
+        flaky store never gets a good step quarantined."""
+        self._clear_staging()
+        remote = self.directory / str(step)
+        try:
+            files = json.loads((remote / COMMIT_MARKER).read_text())["files"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise CorruptCheckpoint(f"unreadable {COMMIT_MARKER} marker: {e}") from e
+        if params_only:
+            files = {rel: size for rel, size in files.items() if not rel.startswith("opt_state/")}
+        try:
+            storage.download_tree(remote, files, self._staging / str(step))
+        except FileNotFoundError as e:  # a listed object is gone or shorter than recorded
+            raise CorruptCheckpoint(str(e).splitlines()[0][:200]) from e
+        self._mgr.reload()
+
+    def wait(self) -> None:
+        self._mgr.wait_until_finished()
+
+    def reached_preemption(self, step: int) -> bool:
+        """Multi-host: every process agrees on the step to save at after a SIGTERM (jax's
+        preemption sync service, started by jax.distributed.initialize)."""
+        return self._mgr.reached_preemption(step)
+
+    def read_meta(self, step: int) -> dict:
+        if self.remote:  # the meta item is one small JSON object (orbax's JsonSave file): read it in place
+            remote = self.directory / str(step)
+            if not (remote / COMMIT_MARKER).exists():
+                raise FileNotFoundError(f"{remote}: no committed checkpoint")
+            return json.loads((remote / "meta" / "metadata").read_text())
+        return self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def restore(self, step: int, abstract_params: Any, abstract_opt: Any | None) -> tuple[Any, Any, dict]:
+        """Restores one step onto the shardings in the abstract trees (ShapeDtypeStructs).
+
+        abstract_opt=None restores the params only. Raises CorruptCheckpoint on any mismatch.
+        """
+        try:
+            if self.remote:  # missing/short listed files are damage; a transport error propagates (never quarantines)
+                self._download(step, params_only=abstract_opt is None)
+            try:
+                meta = self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+                if meta.get("layout_version") != layout.LAYOUT_VERSION:
+                    raise CorruptCheckpoint(f"layout version {meta.get('layout_version')} != {layout.LAYOUT_VERSION}")
+                items = {"params": ocp.args.StandardRestore(abstract_params)}
+                if abstract_opt is not None:
+                    items["opt_state"] = ocp.args.StandardRestore(abstract_opt)
+                restored = self._mgr.restore(step, args=ocp.args.Composite(**items))
+            except CorruptCheckpoint:
+                raise
+            except Exception as e:  # orbax/tensorstore raise many types for damaged files
+                if not is_damage(e):
+                    raise  # an I/O error or out of memory says nothing about the files: never quarantine
+                raise CorruptCheckpoint(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from e
+        finally:
+            if self.remote:
+                self._clear_staging()  # restored arrays live in memory; the bucket stays the source
+        params, opt_state = restored["params"], restored.get("opt_state")
+        if checksums(params) != meta["checksums"]["params"]:
+            raise CorruptCheckpoint("params checksum mismatch")
+        if opt_state is not None and checksums(opt_state) != meta["checksums"]["opt_state"]:
+            raise CorruptCheckpoint("optimizer-state checksum mismatch")
+        return params, opt_state, meta
+
+    def restore_latest_good(self, abstract_params: Any, abstract_opt: Any | None) -> tuple[Any, Any, dict] | None:
+        """Newest step that restores cleanly; corrupt ones are moved aside with a warning."""
+        for step in reversed(self.steps()):
+            try:
+                return self.restore(step, abstract_params, abstract_opt)
+            except CorruptCheckpoint as e:
+                log.warning("checkpoint %s/%d is corrupt (%s); moved to %s/corrupt/%d, trying an older one",
+                            self.directory, step, e, self.directory, step)
+                self._quarantine(step)
+        return None
+
+    def _quarantine(self, step: int) -> None:
+        if jax.process_index() == 0:
+            if self.remote:
+                src, dest = self.directory / str(step), self.directory / "corrupt" / str(step)
+                storage.remove_tree(dest)
+                # copy everything (marker included, so the copy stays inspectable), then retire the
+                # original marker first: from then on the step no longer exists, even if killed here
+                for rel in storage.list_files(src):
+                    storage.copy_file(src / rel, dest / rel)
+                (src / COMMIT_MARKER).unlink()
+                storage.remove_tree(src)
+            else:
+                dest = self.directory / "corrupt" / str(step)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if dest.exists():
+                    shutil.rmtree(dest)
+                shutil.move(str(self.directory / str(step)), str(dest))
+        self._mgr.reload()
+
+    def close(self) -> None:
+        self._mgr.wait_until_finished()
+        self._mgr.close()
+        if self.remote:
+            shutil.rmtree(self._staging, ignore_errors=True)
+
+
+def committed_steps(directory: epath.Path | str) -> list[int]:
+    """Steps of a remote checkpoint directory whose upload was committed (marker present)."""
+    storage.refresh(directory)  # another process may have committed or removed steps since
+    d = epath.Path(str(directory))
+    if not d.exists():
+        return []
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and (p / COMMIT_MARKER).exists())
+
+
+def has_checkpoint(directory: str | Path | epath.Path) -> bool:
+    """True if the directory holds at least one committed step (no manager is created)."""
+    if storage.is_remote(directory):
+        return bool(committed_steps(directory))
+    d = Path(directory)
+    if not d.is_dir():
+        return False
+    return any(p.is_dir() and p.name.isdigit() and (p / "meta").exists() for p in d.iterdir())

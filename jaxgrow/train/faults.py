@@ -1,0 +1,85 @@
+"""Faults: injection for the reliability tests, and preemption handling (SignalFlag, Preempted).
+
+Fault injection: die (or get SIGTERM) at a named point of a run.
+
+    JAXGROW_FAULT="<point>:<n>[:TERM|:INT]"   the n-th time this process reaches <point>, send
+                                              itself SIGKILL (default), SIGTERM or SIGINT (Ctrl-C).
+
+Points: train_step (after a step's update), checkpoint_saving (a stage checkpoint write started,
+async: not yet committed), member_saving (a member checkpoint write started), expanding (inside an
+expansion, between the params and the optimizer state). Unset in normal runs: then `point()` is a
+dictionary lookup and nothing else.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import threading
+
+
+log = logging.getLogger("jaxgrow")
+
+
+
+
+_counts: collections.Counter = collections.Counter()
+
+
+def point(name: str) -> None:
+    spec = os.environ.get("JAXGROW_FAULT")
+    if not spec:
+        return
+    parts = spec.split(":")
+    if parts[0] != name:
+        return
+    _counts[name] += 1
+    if _counts[name] == int(parts[1]):
+        sig = {"TERM": signal.SIGTERM, "INT": signal.SIGINT}.get(parts[2] if len(parts) > 2 else "", signal.SIGKILL)
+        os.kill(os.getpid(), sig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Preemption: SIGTERM / Ctrl-C become a checkpoint at the next step boundary, then a clean exit.
+
+
+class Preempted(Exception):
+    """Raised after a preemption checkpoint has been written; the run exits cleanly."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class SignalFlag:
+    """SIGTERM/SIGINT set a flag that the loop checks at each step boundary (no host sync).
+
+    A second SIGINT interrupts immediately (the default behaviour). With several processes SIGTERM
+    is left to jax's preemption sync service (run_stage asks orbax's `reached_preemption`), so that
+    every host saves at the same step.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        import jax  # noqa: PLC0415
+
+        if threading.current_thread() is threading.main_thread():
+            signals = (signal.SIGINT,) if jax.process_count() > 1 else (signal.SIGTERM, signal.SIGINT)
+            for sig in signals:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("received %s: saving a checkpoint at the next step boundary", signal.Signals(signum).name)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,103 @@
+"""Logging shared by the CLI and the experiment scripts: `jaxgrow: message` lines on stderr, and
+the training metrics log (metrics.jsonl + TensorBoard)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from jaxgrow import storage
+
+
+NOISY = ("absl", "orbax", "jax._src", "tensorflow")
+
+
+def setup(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="jaxgrow: %(message)s", stream=sys.stderr, force=True)
+    for name in NOISY:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class MetricsLog:
+    """metrics.jsonl (one JSON object per line) + TensorBoard event files; process 0 only.
+
+    TensorBoard scalars are tagged `<member>/<key>` and written at the record's step counted over
+    the whole family: `step` plus the steps of the stages before it (`step_offset`, recorded by the
+    loop; 0 for the first stage), so every stage's curve continues where the previous one ended.
+
+    Remote workdirs (gs://, s3://): an object store has no append, so metrics.jsonl is kept in
+    memory (the existing object read once at start) and the whole object is rewritten atomically
+    on every write: as durable as the local append (a record logged before a checkpoint is stored
+    before it), at the cost of O(file size) bytes per write, a few MB for a long run. TensorBoard
+    writes to a local mirror directory whose event files are uploaded to <workdir>/tb/ at most
+    every TB_UPLOAD_SECONDS and on close (a kill loses at most that much of the TensorBoard mirror;
+    metrics.jsonl keeps every record).
+    """
+
+    TB_UPLOAD_SECONDS = 60.0
+
+    def __init__(self, workdir, enabled: bool | None = None):
+        if enabled is None:
+            import jax  # noqa: PLC0415
+
+            enabled = jax.process_index() == 0
+        self.enabled = enabled
+        self._tb = None
+        self._remote = storage.is_remote(workdir)
+        if self.enabled:
+            self._path = storage.join(workdir, "metrics.jsonl")
+            from tensorboardX import SummaryWriter  # noqa: PLC0415
+
+            if self._remote:
+                self._lines = self._path.read_bytes() if self._path.exists() else b""
+                if self._lines and not self._lines.endswith(b"\n"):
+                    self._lines += b"\n"
+                self._tb_remote = storage.join(workdir, "tb")
+                self._tb_local = tempfile.mkdtemp(prefix="jaxgrow-tb-")
+                self._tb_uploaded = time.monotonic()
+                # event files are named by the second and host: a suffix keeps a quick restart's
+                # file from overwriting the previous process's object in the bucket
+                self._tb = SummaryWriter(self._tb_local, filename_suffix=f".{uuid.uuid4().hex[:8]}")
+            else:
+                self._tb = SummaryWriter(str(Path(self._path).parent / "tb"))
+
+    @staticmethod
+    def global_step(record: dict) -> int:
+        return int(record.get("step", 0)) + int(record.get("step_offset", 0))
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        line = json.dumps(record) + "\n"
+        if self._remote:
+            self._lines += line.encode("utf-8")
+            storage.atomic_write_bytes(self._path, self._lines)
+        else:
+            with open(self._path, "a") as f:
+                f.write(line)
+        step = self.global_step(record)
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("step", "step_offset",
+                                                                                             "stage"):
+                self._tb.add_scalar(f"{record.get('member', 'run')}/{key}", value, step)
+        self._tb.flush()
+        if self._remote and time.monotonic() - self._tb_uploaded >= self.TB_UPLOAD_SECONDS:
+            self._upload_tb()
+
+    def _upload_tb(self) -> None:
+        storage.upload_tree(self._tb_local, self._tb_remote)
+        self._tb_uploaded = time.monotonic()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            if self._remote:
+                self._upload_tb()
+                shutil.rmtree(self._tb_local, ignore_errors=True)
+            self._tb = None
