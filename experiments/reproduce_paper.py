@@ -1,24 +1,32 @@
-"""The paper's claims on one corpus, decided with statistics: five arms x seeds on the same data and budgets.
+"""The paper's three claims decided in the paper's own contrasts: arms x seeds on the same data and budgets.
 
-    python experiments/reproduce_paper.py --config configs/repro_small.py --workdir W --seeds 0,1,2
-        [--arms progressive,fixed_lr,independent,consistency,paper_operator] [--lr_rule_file F]
-        [--fixed_lr 0] [--consistency_weight 0.5] [--allow_repeats] [--config.x=y ...]
+    python experiments/reproduce_paper.py --config configs/repro_small.py --workdir W --seeds 0,1,2,3,4,5,6,7
+        [--arms progressive,fixed_lr,independent,paper_operator[,consistency]] [--lr_rule_file SCRATCH.json]
+        [--progressive_lr_rule_file GROWN.json] [--parallel 2] [--fixed_lr 0] [--consistency_weight 0.5]
+        [--allow_repeats] [--config.x=y ...]
 
 Arms (each a normal, resumable family run in W/arms/<arm>/seed<s>/; `cfg.seed` = s, so the arms of one seed share
 its data order and first member):
-    progressive     progressive training (`zero` width, `identity` depth), size-adaptive peak LR (the config's
-                    lr.rule, or the fitted rule of --lr_rule_file from experiments/lr_sweep.py)
-    fixed_lr        progressive, one constant peak LR for every member (default: the smallest member's peak)
-    independent     every member from scratch, tokens proportional to size, size-adaptive LR
+    progressive     progressive training (`zero` width, `identity` depth), each stage re-warming to the
+                    size-adjusted peak of the rule fitted on grown models (--progressive_lr_rule_file, from
+                    `lr_sweep.py --progressive`; else the config's / --lr_rule_file's rule)
+    fixed_lr        progressive, one fixed re-warm peak for every stage: the first member's tuned peak (the one it
+                    is trained from scratch with in every arm), or --fixed_lr
+    independent     every member from scratch at its own tuned peak (--lr_rule_file, from `lr_sweep.py`), tokens
+                    proportional to size
+    paper_operator  progressive with the paper's operator: bert2BERT AKI width growth + stacked depth (the
+                    progressive arm's LR rule)
     consistency     progressive + w * KL(p_prev || p_this) for the first consistency_fraction of each stage
-    paper_operator  progressive with the paper's operator: bert2BERT AKI width growth + stacked depth
 
-Writes W/comparison.json (per arm: seeds, total FLOPs; per member and arm: `<metric>_mean` / `<metric>_ci95` for
-the held-out loss, epochs, KL and every downstream metric in the members' eval.json; `claims` with verdicts and the
-paired-by-seed differences with 95% t-intervals), W/comparison.md and W/comparison.png (final held-out loss vs
-cumulative FLOPs, with intervals). A config whose budget needs more than one pass over the training data is
-refused unless --allow_repeats. Bad input (empty/duplicate --seeds, unknown arm, a config or rule file that does
-not fit) is a one-line error with exit code 2. Rerunning resumes.
+Writes W/comparison.json (per arm: seeds, total FLOPs, peak LRs; per member and arm: `<metric>_mean` /
+`<metric>_ci95` for the held-out loss, epochs, KL and every downstream metric in the members' eval.json; `claims`
+(jaxgrow/eval/comparison.py) with verdicts, paired-by-seed differences, 95% t-intervals and minimum detectable
+effects), W/comparison.md and W/comparison.png (final held-out loss vs cumulative FLOPs, with intervals).
+--parallel N trains N arm-seeds at a time in separate processes, which share one persistent XLA compilation cache
+(W/xla_cache: every arm-seed of a member size compiles the same programs). A config whose budget needs more than one
+pass over the training data is refused unless --allow_repeats. Bad input (empty/duplicate --seeds, fewer than 2
+seeds (the claims need intervals), an unknown arm, a config or rule file that does not fit) is a one-line error
+with exit code 2. Rerunning resumes.
 """
 
 from __future__ import annotations
@@ -43,8 +51,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "family config", lock_
 flags.DEFINE_string("workdir", None, "output directory")
 flags.DEFINE_list("arms", list(ARMS), "arms to run")
 flags.DEFINE_string("seeds", None, "comma-separated distinct seeds; every arm runs once per seed (default: cfg.seed)")
-flags.DEFINE_string("lr_rule_file", None, "fitted LR rule from experiments/lr_sweep.py (JSON); progressive arms use "
-                    "it, fixed_lr the smallest member's fitted peak")
+flags.DEFINE_string("lr_rule_file", None, "from-scratch LR rule (experiments/lr_sweep.py): the independent arm's "
+                    "peaks, the first member's peak in every arm, and the progressive arms' rule without "
+                    "--progressive_lr_rule_file")
+flags.DEFINE_string("progressive_lr_rule_file", None, "re-warm LR rule fitted on grown models "
+                    "(experiments/lr_sweep.py --progressive): the progressive and paper_operator arms' peaks")
+flags.DEFINE_integer("parallel", 1, "arm-seeds trained at a time (separate processes)")
 flags.DEFINE_bool("allow_repeats", False, "run even when a budget needs more than one pass over the training data")
 flags.DEFINE_float("fixed_lr", 0.0, "fixed_lr arm's constant peak LR (0: the adaptive peak of the smallest member)")
 flags.DEFINE_float("consistency_weight", 0.5, "consistency arm: KL weight")
@@ -55,15 +67,22 @@ flags.DEFINE_integer("bench_limit", 100, "items per benchmark task (MMLU: per su
 FLAGS = flags.FLAGS
 
 
-def arm_config(base: ml_collections.ConfigDict, arm: str, seed: int) -> ml_collections.ConfigDict:
+def arm_config(base: ml_collections.ConfigDict, arm: str, seed: int, scratch_rule: str | None,
+               grown_rule: str | None) -> ml_collections.ConfigDict:
+    """The config of one arm-seed: its mode, LR rule, expansion and seed."""
+    from jaxgrow.eval import lr_fit  # noqa: PLC0415
     from jaxgrow.train import schedules  # noqa: PLC0415
 
     cfg = ml_collections.ConfigDict(base.to_dict())
+    if scratch_rule:
+        cfg = lr_fit.apply_rule_file(cfg, scratch_rule)
+    if grown_rule and arm in ("progressive", "paper_operator", "consistency"):
+        cfg = lr_fit.apply_rule_file(cfg, grown_rule)
     cfg.seed = int(seed)
     cfg.mode = "independent" if arm == "independent" else "progressive"
     if arm == "fixed_lr":
-        first = budgets.budgets(base)[0]
-        lr = base.lr
+        first = budgets.budgets(cfg)[0]
+        lr = cfg.lr
         peak = FLAGS.fixed_lr or schedules.peak_lr(first.non_embedding_params, lr.rule, peak=lr.peak, n_ref=lr.n_ref,
                                                    alpha=lr.alpha, table=lr.table)
         cfg.lr.rule, cfg.lr.peak = "constant", float(peak)
@@ -96,37 +115,47 @@ def check_passes(arm_cfgs: dict, allow_repeats: bool) -> dict:
     return out
 
 
-def run_arm(label: str, cfg, workdir: Path, tasks: Path) -> dict:
-    from jaxgrow.cli import commands  # noqa: PLC0415
+def run_arm(label: str, cfg_json: str, workdir: str, tasks: str, bench_suite: str, bench_limit: int) -> dict:
+    """Trains (or resumes) one arm-seed, reports it, scores the task file and the benchmark suite; returns its
+    report.json and eval.json. A plain function of plain arguments: --parallel runs it in worker processes."""
+    from jaxgrow.cli import commands, evaluate as evaluate_cmd  # noqa: PLC0415
+    from jaxgrow.eval.benchmarks import tasks as bench_tasks  # noqa: PLC0415
     from jaxgrow.family import pipeline as family  # noqa: PLC0415
-    from jaxgrow.train import faults  # noqa: PLC0415
+    from jaxgrow.train import faults, logs  # noqa: PLC0415
 
+    logs.setup()
+    cfg = ml_collections.ConfigDict(json.loads(cfg_json))
+    workdir = Path(workdir)
     done = workdir / "report.json"
     if not (done.exists() and (workdir / "eval.json").exists()):
         t0 = time.perf_counter()
         with faults.SignalFlag() as signals:
             setup = family.run(cfg, workdir, signals)
         family.write_report(setup)
-        commands.evaluate_members(workdir, [str(tasks)])
+        commands.evaluate_members(workdir, [tasks])
         print(f"[{label}] trained and evaluated in {time.perf_counter() - t0:.0f}s", flush=True)
-    run_benchmarks(label, workdir)
+    if bench_suite:  # the standard suite for every member (skipped when eval.json already has it)
+        suites = bench_tasks.parse_suites(bench_suite)
+        members = json.loads((workdir / "eval.json").read_text())["members"]
+        if not all(all(t in m.get(s, {}) for s, ts in suites.items() for t in ts) for m in members.values()):
+            t0 = time.perf_counter()
+            evaluate_cmd.evaluate_workdir(workdir, bench_suite, limit=bench_limit or None, progress=False)
+            print(f"[{label}] benchmarks {bench_suite} in {time.perf_counter() - t0:.0f}s", flush=True)
     return {"report": json.loads(done.read_text()), "eval": json.loads((workdir / "eval.json").read_text())}
 
 
-def run_benchmarks(label: str, workdir: Path) -> None:
-    """The standard suite for every member of the arm (skipped when eval.json already has it)."""
-    from jaxgrow.cli import evaluate as evaluate_cmd  # noqa: PLC0415
-    from jaxgrow.eval.benchmarks import tasks as bench_tasks  # noqa: PLC0415
+def run_all(jobs: list[tuple], parallel: int) -> list[dict]:
+    """run_arm over jobs (in order), `parallel` at a time in spawned worker processes (one job each, so a worker's
+    memory never grows across arms); results in job order."""
+    if parallel <= 1:
+        return [run_arm(*job) for job in jobs]
+    import multiprocessing  # noqa: PLC0415
+    from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
 
-    if not FLAGS.bench_suite:
-        return
-    suites = bench_tasks.parse_suites(FLAGS.bench_suite)
-    members = json.loads((workdir / "eval.json").read_text())["members"]
-    if all(all(t in m.get(s, {}) for s, ts in suites.items() for t in ts) for m in members.values()):
-        return
-    t0 = time.perf_counter()
-    evaluate_cmd.evaluate_workdir(workdir, FLAGS.bench_suite, limit=FLAGS.bench_limit or None, progress=False)
-    print(f"[{label}] benchmarks {FLAGS.bench_suite} in {time.perf_counter() - t0:.0f}s", flush=True)
+    with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn"),
+                             max_tasks_per_child=1) as pool:
+        futures = [pool.submit(run_arm, *job) for job in jobs]
+        return [f.result() for f in futures]
 
 
 def write_tasks(cfg, path: Path) -> None:
@@ -160,11 +189,20 @@ def run(argv) -> None:
         raise config_lib.InputError(f"--arms={','.join(arms)} repeats an arm; each arm must appear once")
     base = _CONFIG.value
     seeds = stats.parse_seeds(FLAGS.seeds if FLAGS.seeds is not None else str(base.seed))
+    if len(seeds) < 2:
+        raise config_lib.InputError(f"--seeds={','.join(map(str, seeds))}: every claim of the comparison "
+                                    "(comparable_quality_at_lower_compute, adjusted_lr_beats_independent, "
+                                    "adjusted_beats_fixed, lower_adjacent_kl, ...) is decided on a 95% interval "
+                                    "over seeds; give at least 2 seeds, e.g. --seeds=0,1")
+    if FLAGS.parallel < 1:
+        raise config_lib.InputError(f"--parallel={FLAGS.parallel} must be >= 1")
     checks.validate(base)
-    if FLAGS.lr_rule_file:
-        base = lr_fit.apply_rule_file(base, FLAGS.lr_rule_file)
+    for path in (FLAGS.lr_rule_file, FLAGS.progressive_lr_rule_file):
+        if path:
+            lr_fit.load_rule_file(path, base)  # refuses a rule fitted for other members before anything runs
     logs.setup()
-    arm_cfgs = {(a, s): arm_config(base, a, s) for a in arms for s in seeds}
+    arm_cfgs = {(a, s): arm_config(base, a, s, FLAGS.lr_rule_file, FLAGS.progressive_lr_rule_file)
+                for a in arms for s in seeds}
     for cfg in arm_cfgs.values():
         checks.validate(cfg)
     workdir = Path(FLAGS.workdir).absolute()
@@ -173,10 +211,17 @@ def run(argv) -> None:
         check_passes({a: arm_cfgs[(a, seeds[0])] for a in arms}, FLAGS.allow_repeats)
     tasks = workdir / "tasks.jsonl"
     write_tasks(base, tasks)
+    # one persistent compilation cache for every arm-seed (worker processes inherit it)
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(workdir / "xla_cache"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    order = [(a, s) for s in seeds for a in arms]  # seed-major: an interrupted run has complete seeds for every arm
+    t0 = time.perf_counter()
+    runs = run_all([(f"{a}/seed{s}", arm_cfgs[(a, s)].to_json(), str(workdir / "arms" / a / f"seed{s}"), str(tasks),
+                     FLAGS.bench_suite, FLAGS.bench_limit) for a, s in order], FLAGS.parallel)
+    print(f"all {len(order)} arm-seeds done in {time.perf_counter() - t0:.0f}s ({FLAGS.parallel} at a time)", flush=True)
     results: dict = {a: {} for a in arms}
-    for s in seeds:  # seed-major: an interrupted run still has complete seeds for every arm
-        for a in arms:
-            results[a][s] = run_arm(f"{a}/seed{s}", arm_cfgs[(a, s)], workdir / "arms" / a / f"seed{s}", tasks)
+    for (a, s), r in zip(order, runs):
+        results[a][s] = r
     c = comparison.compare(results, seeds)
     (workdir / "comparison.json").write_text(json.dumps(c, indent=2))
     (workdir / "comparison.md").write_text(comparison.markdown(c))

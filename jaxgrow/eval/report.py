@@ -49,7 +49,7 @@ def build(cfg: Any, stages: list, member_evals: list[dict], independent_stages: 
             "train_flops_per_token": s.train_flops_per_token, "eval_loss": ev["eval_loss"],
             "eval_ppl": float(np.exp(min(ev["eval_loss"], 50.0))), "kl_to_next": ev["kl_to_next"],
             "kl_from_next": ev["kl_from_next"], "draft_acceptance": ev.get("draft_acceptance"),
-            "epochs": ev.get("epochs"),
+            "epochs": ev.get("epochs"), "peak_lr": ev.get("peak_lr"),
         })
     return {
         "mode": cfg.mode, "flops_convention": flops.CONVENTION, "total_train_flops": total,

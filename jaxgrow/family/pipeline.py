@@ -25,7 +25,7 @@ from jaxgrow.family.budgets import StageBudget, budgets, lr_schedule, tokens_per
 from jaxgrow.family.growth import grow, stage_key
 from jaxgrow.family.workdir import member_dir, member_params, restore_member, stage_dir
 from jaxgrow.model import sharding
-from jaxgrow.train import checkpoint, faults, logs, trainer
+from jaxgrow.train import checkpoint, faults, logs, schedules, trainer
 
 
 log = logging.getLogger("jaxgrow")
@@ -203,8 +203,17 @@ def _benchmark_hook(cfg: Any, stage: StageBudget, workdir: Path, metrics_log):
                                                            record, metrics_log)
 
 
-def write_report(setup: Setup) -> dict:
-    """Evaluates every member (held-out loss, KL to the next) and writes report.json/.md and plots."""
+def stage_peak_lr(cfg: Any, stage: StageBudget) -> float:
+    """The peak LR stage `stage` re-warms to under cfg.lr."""
+    lr = cfg.lr
+    return schedules.peak_lr(stage.non_embedding_params, lr.rule, peak=lr.peak, n_ref=lr.n_ref, alpha=lr.alpha,
+                             table=lr.table)
+
+
+def write_report(setup: Setup, consistency: bool = True) -> dict:
+    """Evaluates every member (held-out loss; with `consistency`, the KL to the next member and the next member's
+    acceptance of its drafts) and writes report.json/.md and plots. consistency=False is for runs whose reader
+    needs only the losses (LR sweeps)."""
     from jaxgrow.eval import evaluate  # noqa: PLC0415
     from jaxgrow.serve import speculative  # noqa: PLC0415
 
@@ -215,13 +224,14 @@ def write_report(setup: Setup) -> dict:
         for i, s in enumerate(stages):
             ev = {"eval_loss": evaluate.eval_loss(params[i], s.model, setup.eval_batches,
                                                  setup.corpus.document_eos(cfg.data)),
-                  "kl_to_next": None, "kl_from_next": None}
-            if i + 1 < len(stages):
+                  "kl_to_next": None, "kl_from_next": None, "peak_lr": stage_peak_lr(cfg, s)}
+            if consistency and i + 1 < len(stages):
                 ev["kl_to_next"], ev["kl_from_next"] = evaluate.kl_between(
                     params[i], s.model, params[i + 1], stages[i + 1].model, setup.eval_batches)
             evals.append(ev)
-        # consistency as speculative decoding sees it: member i drafting for member i+1 (inference.py)
-        rates = speculative.family_acceptance(params, [s.model for s in stages], setup.eval_batches)
+        # consistency as speculative decoding sees it: member i drafting for member i+1 (serve/speculative.py)
+        rates = speculative.family_acceptance(params, [s.model for s in stages], setup.eval_batches) if consistency \
+            else [None] * len(stages)
         for i, rate in enumerate(rates):
             evals[i]["draft_acceptance"] = None if rate is None else {"target": stages[i + 1].name, **rate}
     epochs = passes.epochs_per_member(stages, cfg.mode, cfg.data.batch_size, setup.corpus.train_tokens, cfg.data.seq_len)
