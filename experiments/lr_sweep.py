@@ -109,6 +109,7 @@ def run_one(cfg, workdir: Path, member_index: int = 0) -> float:
         with faults.SignalFlag() as signals:
             setup = family.run(cfg, workdir, signals)
         family.write_report(setup, consistency=False)
+        family.finish(setup)
     return float(json.loads(done.read_text())["members"][member_index]["eval_loss"])
 
 
@@ -119,7 +120,7 @@ def copy_parent(parent: Path, dest: Path) -> None:
         return
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(parent, tmp, ignore=shutil.ignore_patterns("report.*", "*.png", "metrics.jsonl", "tb", "eval.json"))
+    shutil.copytree(parent, tmp, ignore=shutil.ignore_patterns("report.*", "*.png", "metrics.jsonl", "tb", "eval.json", "lock.json"))
     os.replace(tmp, dest)
 
 

@@ -132,6 +132,7 @@ def run_arm(label: str, cfg_json: str, workdir: str, tasks: str, bench_suite: st
         with faults.SignalFlag() as signals:
             setup = family.run(cfg, workdir, signals)
         family.write_report(setup)
+        family.finish(setup)
         commands.evaluate_members(workdir, [tasks])
         print(f"[{label}] trained and evaluated in {time.perf_counter() - t0:.0f}s", flush=True)
     if bench_suite:  # the standard suite for every member (skipped when eval.json already has it)

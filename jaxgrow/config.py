@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any
 
 import ml_collections
@@ -93,7 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.train_files = ""        # a tokenized dir (jaxgrow tokenize) or comma-separated globs of .txt/.jsonl(.gz|.zst)/.parquet, local or gs://...; "" = the shipped Shakespeare corpus
     c.data.eval_files = ""         # held-out globs; "" = the shipped corpus's held-out works
     c.data.text_field = "text"     # field read from .jsonl lines
-    c.data.tokenizer = ""          # a tokenizer.json (or a dir holding one), any HF tokenizer; "" = the tokenized dir's, else train a byte-level BPE
+    c.data.tokenizer = ""          # a HF tokenizer.json, a SentencePiece tokenizer.model or a tiktoken file (or a dir holding one); "" = the tokenized dir's, else train a byte-level BPE
     c.data.seq_len = 128           # tokens per training sequence
     c.data.batch_size = 16         # global batch (sequences per step)
     c.data.eval_batches = 8        # eval batches per evaluation (fewer if the eval set is smaller)
@@ -171,8 +172,21 @@ class Member:
     tokens: int  # explicit token budget override (-1: from the budget rule)
 
 
+# A member name becomes a directory (members/<name>, stages/<k>-<name>) and a config key (config.members.<name>):
+# letters, digits, '_' and '-', starting with a letter or digit (so never '.', '..', an absolute or a nested path;
+# ConfigDict keys cannot hold dots anyway).
+MEMBER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def check_member_name(name: Any, field: str = "members") -> None:
+    if not isinstance(name, str) or not MEMBER_NAME.fullmatch(name):
+        raise ConfigError(f"{field}: member name {name!r} is not a valid name; use letters, digits, '_' and '-', "
+                          "starting with a letter or digit (it names the directories members/<name> and stages/<k>-<name>)")
+
+
 def add_member(config: ml_collections.ConfigDict, name: str, tokens: int = -1, **model_overrides) -> None:
     """Appends a member to `config.members` (its position is the order of calls)."""
+    check_member_name(name, "add_member")
     unknown = sorted(set(model_overrides) - set(MODEL_KEYS))
     if unknown:
         raise ConfigError(f"members.{name}: unknown model keys {unknown}; valid: {list(MODEL_KEYS)}")
@@ -189,6 +203,9 @@ def members(config: ml_collections.ConfigDict) -> list[Member]:
         return [Member("model", 0, config.model, -1)]
     out = []
     for name, entry in config.members.items():
+        check_member_name(name)
+        if not isinstance(entry, ml_collections.ConfigDict):
+            raise ConfigError(f"members.{name}={entry!r} must be a dict of model overrides (use add_member)")
         model = ml_collections.ConfigDict(config.model.to_dict())
         overrides = {k: v for k, v in entry.items() if k not in ("position", "tokens")}
         for key in overrides:
@@ -223,6 +240,7 @@ def validate_model(m: Any, prefix: str = "model", overridden: Any = None) -> Non
         value = m[key]
         _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
                f"{f(key)}={value!r} must be a positive integer")
+    _check(m.vocab_size < 2**31, f"{f('vocab_size')}={m.vocab_size} must be < 2**31 (token ids are int32)")
     _check(m.num_heads % m.num_kv_heads == 0,
            f"{f('num_heads')}={m.num_heads} must be divisible by {f('num_kv_heads')}={m.num_kv_heads}")
     _check(m.dtype in DTYPES, f"{f('dtype')}={m.dtype!r} must be one of {list(DTYPES)}")
@@ -247,8 +265,20 @@ def validate_growth(src: Any, dst: Any, src_name: str = "source", dst_name: str 
                f"{dst_name}.{key}={dst[key]} shrinks from {src_name}.{key}={src[key]}; sizes may only grow")
 
 
+def _leaves(node: Any, prefix: str = ""):
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, (dict, ml_collections.ConfigDict)):
+            yield from _leaves(value, name + ".")
+        else:
+            yield name, value
+
+
 def validate(config: ml_collections.ConfigDict) -> list[Member]:
     """Checks the whole run config; returns the ordered members. Raises ConfigError naming the field."""
+    for name, value in _leaves(config):  # no key anywhere may be NaN or infinite (inf budgets, NaN LRs, ...)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name}={value} must be a finite number")
     _check(config.mode in ("progressive", "independent"),
            f"mode={config.mode!r} must be 'progressive' or 'independent'")
     _check(config.budget_scale > 0, f"budget_scale={config.budget_scale} must be > 0")

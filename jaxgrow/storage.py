@@ -17,10 +17,13 @@ write locally and upload once they are done.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
+import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import uuid
 from pathlib import Path
@@ -62,13 +65,19 @@ def check_scheme(path: str | os.PathLike, field: str) -> None:
                            + ", ".join(f"{k}://" for k in SCHEME_PACKAGES))
     package = SCHEME_PACKAGES[s]
     if importlib.util.find_spec(package) is None:
-        raise StorageError(f"{field}={path}: {s}:// needs the {package} package; "
-                           f"pip install {package} (or jaxgrow[{s}])")
+        extra = {"gs": "gcs", "s3": "s3", "az": "az"}.get(s)  # the extras pyproject.toml declares
+        raise StorageError(f"{field}={path}: {s}:// needs the {package} package; pip install {package}"
+                           + (f" (or jaxgrow[{extra}])" if extra else ""))
 
 
 def as_path(path: str | os.PathLike, field: str = "path") -> epath.Path:
-    """A checked epath.Path: local paths are made absolute (user home expanded)."""
+    """A checked epath.Path: local paths are made absolute (user home expanded). An empty or blank path is bad
+    input (Path('') would silently be the current directory)."""
     text = os.fspath(path) if not isinstance(path, epath.Path) else str(path)
+    if not text.strip():
+        raise StorageError(f"{field}={text!r} is empty; give a directory path (local, gs://... or s3://...)")
+    if text != text.strip():
+        raise StorageError(f"{field}={text!r} has leading or trailing whitespace; give the path without it")
     check_scheme(text, field)
     if is_remote(text):
         return epath.Path(text)
@@ -193,6 +202,62 @@ def remove_tree(path: epath.Path | str) -> None:
         p.rmtree()
 
 
+# ----------------------------------------------------------------------------------------------
+# Local scratch: <tmp>/jaxgrow-<kind>-<id>/ directories, each with an `owner` file (host, pid). A SIGKILL leaves them
+# behind; `sweep_scratch` (called when a run starts) removes those whose owner process on this host is dead, so temp
+# work never leaks, and a keyed directory is adopted by the rerun that asks for the same key (it resumes it).
+
+SCRATCH_PREFIX = "jaxgrow-"
+
+
+def _owner_alive(directory: Path) -> bool:
+    try:
+        owner = json.loads((directory / "owner").read_text())
+    except (OSError, ValueError):
+        return False  # no owner (a crash between mkdir and writing it) or a torn one: nobody is using it
+    if owner.get("host") != socket.gethostname():
+        return True  # another machine's (a shared /tmp): not ours to judge
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return True
+    return True
+
+
+def _claim(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(directory / "owner", json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    return directory
+
+
+def scratch_dir(kind: str, key: str | None = None) -> Path:
+    """A local scratch directory owned by this process. With `key`, the same key names the same directory, which a
+    rerun adopts when its previous owner is dead (a fresh one if a live process holds it); without, a new one."""
+    root = Path(tempfile.gettempdir())
+    if key is not None:
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        directory = root / f"{SCRATCH_PREFIX}{kind}-{digest}"
+        if not directory.exists() or not _owner_alive(directory) or \
+                json.loads((directory / "owner").read_text()).get("pid") == os.getpid():
+            return _claim(directory)
+    return _claim(Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{kind}-", dir=root)))
+
+
+def sweep_scratch(*kinds: str) -> None:
+    """Removes the scratch directories of `kinds` whose owner process is dead."""
+    root = Path(tempfile.gettempdir())
+    for kind in kinds:
+        for d in root.glob(f"{SCRATCH_PREFIX}{kind}-*"):
+            if d.is_dir() and not _owner_alive(d):
+                shutil.rmtree(d, ignore_errors=True)
+
+
+def release_scratch(directory: Path | str) -> None:
+    shutil.rmtree(str(directory), ignore_errors=True)
+
+
 @contextlib.contextmanager
 def local_output(path: epath.Path | str | os.PathLike) -> Iterator[Path]:
     """A local file path to write `path` through: the path itself when local (unchanged behaviour),
@@ -200,13 +265,13 @@ def local_output(path: epath.Path | str | os.PathLike) -> Iterator[Path]:
     if not is_remote(path):
         yield Path(os.fspath(path))
         return
-    tmp_dir = tempfile.mkdtemp(prefix="jaxgrow-upload-")
+    tmp_dir = scratch_dir("upload")
     try:
         tmp = Path(tmp_dir, epath.Path(str(path)).name)
         yield tmp
         copy_file(tmp, path)
     finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        release_scratch(tmp_dir)
 
 
 def list_files(root: epath.Path | str) -> list[str]:
@@ -218,6 +283,21 @@ def list_files(root: epath.Path | str) -> list[str]:
     fs, _, (base,) = fsspec.get_fs_token_paths(str(root))
     base = base.rstrip("/")
     return sorted(f[len(base) + 1:] for f in fs.find(base))
+
+
+def file_sizes(directory: epath.Path | str) -> dict[str, int]:
+    """{file name: size in bytes} of the files directly in a directory or prefix, in one listing ({} if absent)."""
+    if not is_remote(directory):
+        d = Path(os.fspath(directory))
+        return {e.name: e.stat().st_size for e in os.scandir(d) if e.is_file()} if d.is_dir() else {}
+    import fsspec  # noqa: PLC0415
+
+    fs, _, (base,) = fsspec.get_fs_token_paths(str(directory))
+    try:
+        entries = fs.ls(base.rstrip("/"), detail=True, refresh=True)
+    except FileNotFoundError:
+        return {}
+    return {e["name"].rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0) for e in entries if e.get("type") == "file"}
 
 
 def check_bucket(path: epath.Path | str, field: str) -> None:
@@ -238,6 +318,32 @@ def check_bucket(path: epath.Path | str, field: str) -> None:
         raise StorageError(f"{field}={text}: bucket {bucket!r} does not exist (create it first)")
 
 
+def check_writable(path: epath.Path | str, field: str) -> None:
+    """Raises StorageError unless `path` is a directory (or a place for one) this process can write: locally the
+    nearest existing ancestor must be a writable directory (a read-only mount, a file in the way); remotely the bucket
+    must exist and accept a probe object, written and deleted again (wrong credentials fail here, not at the first
+    checkpoint). Leaves nothing behind."""
+    if is_remote(path):
+        check_bucket(path, field)
+        probe = join(path, f".jaxgrow-write-probe-{uuid.uuid4().hex[:12]}")
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except Exception as e:  # noqa: BLE001  (credentials, permissions, endpoint: the run could not write there)
+            raise StorageError(f"{field}={path}: cannot write there ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0][:200] if str(e) else ''}); check the credentials") from None
+        return
+    p = Path(os.fspath(path))
+    if p.exists() and not p.is_dir():
+        raise StorageError(f"{field}={p} exists and is not a directory")
+    probe_dir = p
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir() or not os.access(probe_dir, os.W_OK | os.X_OK):
+        raise StorageError(f"{field}={p} is not writable ({probe_dir} is not a writable directory); choose a "
+                           "directory you can write to")
+
+
 def refresh(path: epath.Path | str) -> None:
     """Drops fsspec's cached listings and object details under a remote prefix, so what another
     process (or a person) changed since is seen: s3fs would otherwise read with a stale ETag."""
@@ -250,3 +356,51 @@ def refresh(path: epath.Path | str) -> None:
     for key in [k for k in list(fs.dircache) if k.startswith(p + "/")]:  # invalidate_cache(p) keeps children
         fs.dircache.pop(key, None)
     fs.invalidate_cache(p)  # p and its parents
+
+
+def parse_jsonl(data: bytes, source: str = "") -> tuple[list[dict], int]:
+    """(records, skipped) of JSON-lines bytes. A torn final record (what a kill or a full disk leaves mid-write:
+    no trailing newline, or unparsable) is skipped and counted, never fatal; so is an unparsable record elsewhere
+    (a reader of an append-only log must always get through it)."""
+    lines = data.split(b"\n")
+    records, skipped = [], 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except (ValueError, UnicodeDecodeError):
+            skipped += 1
+    return records, skipped
+
+
+def read_jsonl(path: epath.Path | str) -> tuple[list[dict], int]:
+    """parse_jsonl of a local or remote file ([], 0 when it does not exist)."""
+    p = epath.Path(str(path))
+    if not p.exists():
+        return [], 0
+    return parse_jsonl(p.read_bytes(), str(p))
+
+
+# ----------------------------------------------------------------------------------------------
+# Fault injection for the reliability tests (train/faults.py documents the points): die, or get SIGTERM/SIGINT, the
+# n-th time this process reaches a named point. Lives here, at the bottom, so every wing can mark its points.
+
+_FAULT_COUNTS: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """JAXGROW_FAULT="<point>:<n>[:TERM|:INT]": the n-th time this process reaches <point>, it sends itself
+    SIGKILL (default), SIGTERM or SIGINT. Unset in normal runs: then this is one environment lookup."""
+    spec = os.environ.get("JAXGROW_FAULT")
+    if not spec:
+        return
+    parts = spec.split(":")
+    if parts[0] != name:
+        return
+    _FAULT_COUNTS[name] = _FAULT_COUNTS.get(name, 0) + 1
+    if _FAULT_COUNTS[name] == int(parts[1]):
+        import signal  # noqa: PLC0415
+
+        os.kill(os.getpid(), {"TERM": signal.SIGTERM, "INT": signal.SIGINT}.get(parts[2] if len(parts) > 2 else "",
+                                                                                signal.SIGKILL))

@@ -40,9 +40,10 @@ def _cli_env(env: dict | None, devices: int) -> dict:
 
 
 def run_cli(*args: str, env: dict | None = None, check: bool = False, timeout: float = 600,
-            devices: int = 1) -> subprocess.CompletedProcess:
-    """Runs `python -m jaxgrow.main ARGS` in a subprocess on `devices` forced CPU devices."""
-    proc = subprocess.run([sys.executable, "-m", "jaxgrow.main", *args], cwd=REPO, env=_cli_env(env, devices),
+            devices: int = 1, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Runs `python -m jaxgrow.main ARGS` in a subprocess on `devices` forced CPU devices (from the repository root,
+    or `cwd`)."""
+    proc = subprocess.run([sys.executable, "-m", "jaxgrow.main", *args], cwd=cwd or REPO, env=_cli_env(env, devices),
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"jaxgrow {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")

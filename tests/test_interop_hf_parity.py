@@ -92,7 +92,7 @@ def test_export_matches_transformers(name, tokenizer, tmp_path):
     assert hf_cfg["architectures"] == ["LlamaForCausalLM"] and hf_cfg["torch_dtype"] == "float32"
     assert (hf_cfg["num_key_value_heads"], hf_cfg["head_dim"], hf_cfg["tie_word_embeddings"]) == (
         cfg.num_kv_heads, cfg.head_dim, cfg.tie_embeddings)
-    assert hf_cfg["bos_token_id"] == hf_cfg["eos_token_id"] == eos
+    assert (hf_cfg["eos_token_id"], hf_cfg["bos_token_id"]) == (eos, None)  # the pipeline's EOS; no BOS by default
     assert (out / "model.safetensors").exists() and not (out / hf.INDEX_FILE).exists()
 
     hf_model = load_hf(out)
@@ -110,6 +110,74 @@ def test_export_matches_transformers(name, tokenizer, tmp_path):
         ids = auto_tok(text)["input_ids"]
         assert ids == tokenizer.encode(text).ids
         assert auto_tok.decode(ids) == text
+
+
+def _stopping_params(cfg, tok, chain: list[str]) -> dict:
+    """Random params whose greedy continuation walks `chain` (token strings) from chain[0], one per step.
+    The blocks' residual writers are ~0, so the last hidden state is the current token's embedding, and
+    the (untied) LM head column of chain[i + 1] is chain[i]'s embedding direction: its logit is ~30,
+    every other one below ~16."""
+    params = random_params(cfg, seed=4)
+    for path in (("layers", "attn", "o_proj"), ("layers", "mlp", "down_proj")):
+        layout.set_path(params, path, np.asarray(layout.get_path(params, path)) * 1e-4)
+    params["final_norm"]["scale"] = np.ones_like(params["final_norm"]["scale"])
+    embedding = np.asarray(params["embed"]["embedding"])
+    head = 0.02 * np.random.default_rng(0).standard_normal(embedding.T.shape).astype(np.float32)
+    ids = [tok.token_to_id(t) for t in chain]
+    assert None not in ids and len(set(ids)) == len(ids), chain
+    for prev, nxt in zip(ids, ids[1:]):
+        head[:, nxt] = 4.0 * embedding[prev] / np.linalg.norm(embedding[prev])
+    params["lm_head"]["kernel"] = head
+    return params
+
+
+@pytest.mark.parametrize("source", ["tokenizer.json", "tokenizer.model"])
+def test_export_carries_the_runs_eos_and_bos_and_generate_stops_there(source, mistral_tokenizer, tmp_path):
+    """Mistral-7B's published tokenizer (EOS </s> = 2, BOS <s> = 1), as the fixture's transformers-converted
+    tokenizer.json and as jaxgrow's own conversion of the SentencePiece file: the exported config,
+    generation config and tokenizer files carry the run's data.eos_token / data.bos_token, and greedy
+    `generate` in transformers stops at </s>, token for token where ours does."""
+    if source == "tokenizer.json":
+        tok = tokenizers_lib.read_tokenizer(str(mistral_tokenizer))
+    else:
+        mc = pytest.importorskip("mistral_common")
+        tok = tokenizers_lib.read_tokenizer(str(Path(mc.__file__).parent / "data" / "tokenizer.model.v1"))
+    cfg = config_lib.model_config(vocab_size=32000, hidden_size=64, ffn_size=128, num_layers=2, num_heads=4,
+                                  num_kv_heads=2, head_dim=16, tie_embeddings=False, init_std=0.2)
+    params = _stopping_params(cfg, tok, ["▁brown", "▁f", "ox", "▁j", "umps", "</s>"])
+    out = hf.save_pretrained(params, cfg, tmp_path / "mistral", tokenizer=tok, max_position_embeddings=128,
+                             eos_token="</s>", bos_token="<s>")
+
+    read = lambda name: json.loads((out / name).read_text())  # noqa: E731
+    assert {k: read("config.json")[k] for k in ("bos_token_id", "eos_token_id", "max_position_embeddings")} == {
+        "bos_token_id": 1, "eos_token_id": 2, "max_position_embeddings": 128}
+    assert read("generation_config.json") == {"bos_token_id": 1, "eos_token_id": 2}
+    tok_cfg = read("tokenizer_config.json")
+    assert (tok_cfg["eos_token"], tok_cfg["bos_token"], tok_cfg["add_bos_token"], tok_cfg["model_max_length"]) == (
+        "</s>", "<s>", True, 128)
+    assert read("special_tokens_map.json") == {"bos_token": "<s>", "eos_token": "</s>"}
+
+    hf_model = load_hf(out)
+    auto_tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    assert (auto_tok.eos_token, auto_tok.eos_token_id, auto_tok.bos_token, auto_tok.bos_token_id) == ("</s>", 2, "<s>", 1)
+    assert hf_model.generation_config.eos_token_id == 2 and auto_tok.model_max_length == 128
+    prompt = auto_tok("The quick brown")["input_ids"]
+    assert prompt == [1] + tok.encode("The quick brown", add_special_tokens=False).ids  # BOS first, as the run's documents
+
+    with torch.no_grad():  # the generation config's EOS stops it
+        full = hf_model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                 do_sample=False, max_new_tokens=50, pad_token_id=2)[0].tolist()
+    new = full[len(prompt):]
+    assert new[-1] == 2 and len(full) < len(prompt) + 50 and new.count(2) == 1
+    assert auto_tok.decode(full, skip_special_tokens=True) == "The quick brown fox jumps"
+    assert decode.generate(params, cfg, prompt, 50, eos_id=2) == new  # ours stops at the same token
+
+
+def test_export_refuses_tokens_the_tokenizer_lacks(tokenizer, tmp_path):
+    cfg = our_config("mha_untied")
+    with pytest.raises(config_lib.InputError, match=r"^bos_token='<s>' \(data.bos_token\) is not a token of the exported"):
+        hf.save_pretrained(random_params(cfg), cfg, tmp_path / "x", tokenizer=tokenizer, bos_token="<s>")
+    assert not (tmp_path / "x").exists()  # refused before anything is written
 
 
 def test_sharded_export_loads_in_transformers(tokenizer, tmp_path):

@@ -1,6 +1,8 @@
 """The HLO collective counter on a hand-written module: while trip counts, the three replica-group
 spellings, async starts, reduce-scatter sizes."""
 
+import pytest
+
 from jaxgrow.model import collectives
 
 
@@ -57,3 +59,40 @@ def test_plan_with_fewer_devices_than_the_mesh_exits_2():
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("jaxgrow: error: mesh") and "4 devices" in last
+
+
+def _compiled_and_analytic(mesh_axes: tuple[int, int, int], grad_accum: int, remat: str):
+    """A small bfloat16 member's train step compiled on 8 forced host devices: (counted, modelled)."""
+    from jaxgrow.cli import plan  # noqa: PLC0415
+    from jaxgrow.config import add_member, base_config, model_config  # noqa: PLC0415
+    from jaxgrow.family.budgets import budgets  # noqa: PLC0415
+    from jaxgrow.model import sharding  # noqa: PLC0415
+
+    cfg = base_config()
+    cfg.model = model_config(vocab_size=512, head_dim=32, num_kv_heads=2, dtype="bfloat16", remat_policy=remat)
+    add_member(cfg, "m", hidden_size=128, ffn_size=256, num_layers=3, num_heads=4)
+    cfg.data.seq_len, cfg.data.batch_size = 64, 32
+    cfg.optimizer.grad_accum_steps = grad_accum
+    cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = mesh_axes
+    stage = budgets(cfg)[0]
+    mesh = sharding.make_mesh(cfg.mesh)
+    abstract, compiled = plan.compile_train_step(cfg, stage, mesh)
+    counted = collectives.hlo_collectives(compiled.as_text())
+    without_accum = cfg.copy_and_resolve_references()
+    without_accum.optimizer.grad_accum_steps = 1
+    return (counted, plan.analytic_collectives(cfg, stage, abstract.params, mesh),
+            plan.analytic_collectives(without_accum, stage, abstract.params, mesh))
+
+
+@pytest.mark.parametrize("mesh_axes,grad_accum,remat", [((1, 8, 1), 4, "none"), ((2, 2, 2), 4, "full")],
+                         ids=["fsdp8-accum4", "data2-fsdp2-tensor2-accum4-remat"])
+def test_analytic_traffic_tracks_the_compiled_step(devices8, mesh_axes, grad_accum, remat):
+    counted, analytic, ignoring_accum = _compiled_and_analytic(mesh_axes, grad_accum, remat)
+    compiled = sum(v["traffic"] for v in counted.values())
+    assert 1 / 1.5 <= compiled / analytic["total"] <= 1.5, (compiled, analytic)
+    gathers = counted["all-gather"]["traffic"]  # only fsdp parameters are gathered in this step
+    assert 1 / 1.5 <= gathers / analytic["fsdp_gather"] <= 1.5, (gathers, analytic)
+    assert analytic["total"] == pytest.approx(analytic["fsdp_gather"] + analytic["fsdp_reduce"] + analytic["data"]
+                                              + analytic["tensor"])
+    # the per-micro-batch gathers and gradient reductions are what the old estimate missed
+    assert compiled / ignoring_accum["total"] > 1.5

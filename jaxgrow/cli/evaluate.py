@@ -11,6 +11,7 @@ import jax
 
 from jaxgrow import storage
 from jaxgrow.data import tokenizers as tokenizers_lib
+from jaxgrow.eval import report
 from jaxgrow.eval.benchmarks import results as bench_results, scoring as bench_scoring, tasks as bench_tasks
 from jaxgrow.family import workdir as workdir_lib
 from jaxgrow.model import sharding
@@ -32,6 +33,7 @@ def evaluate_workdir(workdir: Path, suite: str, member: str | None = None, limit
     bench_tasks.check_args(limit, shots)
     root = bench_tasks.data_root()
     cfg, stages = workdir_lib.load_setup_for_eval(workdir)
+    workdir_lib.check_writable(workdir)  # eval.json and report.md: checked before anything is scored
     names = [s.name for s in stages]
     if member is not None and member not in names:
         raise bench_tasks.BenchmarkError(f"--member={member!r} is not a member of this run; members: {names}")
@@ -62,5 +64,5 @@ def evaluate_workdir(workdir: Path, suite: str, member: str | None = None, limit
             for (m, t), samples in all_samples.items():
                 bench_results._atomic_write(storage.join(workdir, "eval_samples", m, f"{t}.jsonl"),
                               "".join(json.dumps(r) + "\n" for r in samples))
-        bench_results.write_report_section(workdir, result)
+        report.render_markdown(workdir)  # every section from its JSON source: the Benchmarks one from eval.json
     return {"members": update}

@@ -24,11 +24,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
+import re
+import shlex
 import sys
 import time
 from pathlib import Path
 
+import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
@@ -57,6 +59,9 @@ flags.DEFINE_float("temperature", 0.0, "Sampling temperature (0 = greedy).")
 flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = all).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("devices", 0, "Forced host (CPU) devices to plan on (0: the mesh's product, else 8).")
+flags.DEFINE_string("chip", "", "Check per-device memory against this accelerator's HBM: v5p (95 GiB), v5e (16), "
+                    "v6e (32), h100 (80), h200 (141), a100 (the 80 GB model; --hbm_gib=40 for 40 GB); '' = no verdict.")
+flags.DEFINE_float("hbm_gib", 0.0, "HBM per device in GiB for the fit verdict (overrides --chip's; 0 = the chip's).")
 flags.DEFINE_float("top_p", 1.0, "Keep the smallest set of tokens whose probability reaches top_p (1 = all).")
 flags.DEFINE_string("draft", None, "Speculative decoding with this (smaller) member drafting for --member.")
 flags.DEFINE_string("draft_workdir", None, "Workdir holding --draft (default: --workdir).")
@@ -65,7 +70,8 @@ flags.DEFINE_bool("speculative", False, "Also measure each adjacent pair's draft
 flags.DEFINE_integer("max_position_embeddings", 0, "config.json value (0 = the model's RoPE-usable context).")
 flags.DEFINE_enum("export_dtype", "float32", ["float32", "bfloat16"], "Exported weight dtype.")
 flags.DEFINE_string("inputs", None, "Comma-separated globs of .txt/.jsonl/.jsonl.gz/.jsonl.zst/.parquet (local or gs://...).")
-flags.DEFINE_string("tokenizer", "", "A tokenizer.json (or a dir holding one); '' trains a byte-level BPE.")
+flags.DEFINE_string("tokenizer", "", "A tokenizer: a Hugging Face tokenizer.json, a SentencePiece tokenizer.model or a "
+                    "tiktoken BPE file (or a dir holding one); '' trains a byte-level BPE.")
 flags.DEFINE_integer("vocab_size", 0, "BPE size to train without --tokenizer; with it, an upper bound.")
 flags.DEFINE_string("text_field", "text", "JSON field / Parquet column holding the text.")
 flags.DEFINE_integer("workers", 1, "Tokenizer worker processes.")
@@ -84,7 +90,7 @@ JAXGROW_FLAGS = frozenset(name for name in set(FLAGS) - _BEFORE if "." not in na
 COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "train": ("config", "workdir"),
     "expand": ("config", "from", "workdir"),
-    "plan": ("config", "devices"),
+    "plan": ("config", "devices", "chip", "hbm_gib"),
     "evaluate": ("workdir", "tasks", "suite", "member", "limit", "shots", "log_samples", "speculative", "gamma"),
     "export": ("workdir", "member", "all", "out", "max_position_embeddings", "export_dtype"),
     "import": ("hf", "workdir"),
@@ -139,19 +145,50 @@ def help_text(command: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _config_path(argv: list[str]) -> str | None:
+    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if path is None and "--config" in argv[:-1]:
+        path = argv[argv.index("--config") + 1]
+    return path
+
+
+def _unknown_key_error(e: AttributeError, argv: list[str]) -> str:
+    """`--config.a.b: unknown config key 'b'; did you mean 'c'?` from ml_collections' AttributeError."""
+    text = str(e.__context__ or e)
+    words = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text.split("Did you mean")[0])  # the message quotes and escapes it
+    key = words[0] if words else text
+    suggestion = re.search(r'Did you mean "([^"]+)"', text)
+    bad = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a.split("=")[0].split(".")]
+    return (f"{bad[0] if bad else '--config'}: unknown config key {key!r}"
+            + (f"; did you mean {suggestion.group(1)!r}?" if suggestion else "")
+            + " (every key is listed with a comment in jaxgrow/config.py)")
+
+
 def _parse(argv: list[str]) -> list[str]:
-    """absl flag parsing with one-line errors (raises UsageError)."""
+    """absl flag parsing with one-line errors (raises UsageError). config_flags loads the --config file while
+    parsing: a file that cannot be read, does not compile, has no get_config or whose get_config raises is one line."""
+    path = _config_path(argv)
     try:
         rest = FLAGS(argv)
     except flags.Error as e:
-        raise UsageError(str(e).splitlines()[0]) from None
+        text = str(e).strip()
+        if "Error whilst parsing config file" in text:  # config_flags wraps the config's own exception
+            raise UsageError(f"--config={path}: get_config() raised {text.splitlines()[-1].strip()}") from None
+        raise UsageError(text.splitlines()[0]) from None
     except OSError as e:  # config_flags: the config file cannot be loaded
         raise UsageError(_config_load_error(e)) from None
-    except AttributeError as e:  # config_flags: unknown key in --config.a.b=v
-        key = str(e.__context__ or e).strip("\"'")
-        bad = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a.split("=")[0].split(".")]
-        raise UsageError(f"{bad[0] if bad else '--config'}: unknown config key {key!r} "
-                         "(every key is listed with a comment in jaxgrow/config.py)") from None
+    except SyntaxError as e:
+        raise UsageError(f"--config={path}: does not compile ({e.msg}, line {e.lineno})") from None
+    except AttributeError as e:
+        if "get_config" in str(e.__context__ or e):
+            raise UsageError(f"--config={path}: defines no get_config(); a config file is a Python file whose "
+                             "get_config() returns an ml_collections.ConfigDict (see configs/*.py)") from None
+        raise UsageError(_unknown_key_error(e, argv)) from None  # an unknown key in --config.a.b=v
+    except Exception as e:  # noqa: BLE001  (the user's get_config() raised)
+        if path is None:
+            raise
+        raise UsageError(f"--config={path}: get_config() raised {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
     return rest
 
 
@@ -170,14 +207,11 @@ def _check_flags_apply(command: str, argv: list[str]) -> None:
 
 def _config_load_error(e: OSError) -> str:
     detail = str(e.__cause__ or e).strip().splitlines()[-1].strip()
-    path = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")), None)
-    if path is None and "--config" in sys.argv[:-1]:
-        path = sys.argv[sys.argv.index("--config") + 1]
-    return f"--config={path}: cannot load it ({detail})"
+    return f"--config={_config_path(sys.argv)}: cannot load it ({detail})"
 
 
 def _config():
-    """The loaded config (config_flags loads lazily; errors become UsageError)."""
+    """The loaded config (config_flags loads lazily; errors become UsageError), checked to be a run config."""
     try:
         cfg = _CONFIG.value
         if cfg is not None:
@@ -186,6 +220,15 @@ def _config():
         raise UsageError(_config_load_error(e)) from None
     if cfg is None:
         raise UsageError("--config is required (e.g. --config configs/family_tiny.py)")
+    path = _config_path(_ARGV or sys.argv)
+    if not isinstance(cfg, ml_collections.ConfigDict):
+        raise UsageError(f"--config={path}: get_config() returned a {type(cfg).__name__}, not an "
+                         "ml_collections.ConfigDict; start from jaxgrow.config.base_config()")
+    from jaxgrow import config as config_lib  # noqa: PLC0415
+
+    missing = sorted(set(config_lib.base_config()) - set(cfg.keys()))
+    if missing:
+        raise UsageError(f"--config={path}: the config lacks {missing}; start from jaxgrow.config.base_config()")
     return cfg
 
 
@@ -248,15 +291,32 @@ def cmd_train(rest: list[str]) -> int:
             setup = family.run(cfg, workdir, signals)
         except faults.Preempted as p:
             log.warning("stopped by %s after saving a checkpoint; rerun the same command to continue", p)
-            return 0 if p.signum == signal.SIGTERM else 130
+            # non-zero, so Kubernetes Jobs, JobSet and SLURM --requeue restart a half-trained family (shell
+            # convention: 128 + the signal number)
+            return 128 + p.signum
         except trainer.NonFiniteLoss as e:
             return _fail(str(e), code=1)
-    result = family.write_report(setup)
+    try:
+        result = family.render_finished(setup) if setup.finished else family.write_report(setup)
+    finally:
+        family.finish(setup)
     last = result["members"][-1]
-    print(f"jaxgrow: done in {time.perf_counter() - t0:.1f}s: {len(result['members'])} member(s), "
+    what = "already finished" if setup.finished else f"done in {time.perf_counter() - t0:.1f}s"
+    print(f"jaxgrow: {what}: {len(result['members'])} member(s), "
           f"{result['mode']}, {result['total_train_flops']:.3g} train FLOPs, last eval_loss {last['eval_loss']:.4f}; "
           f"report: {workdir / 'report.md'}")
     return 0
+
+
+def _config_args(argv: list[str]) -> list[str]:
+    """The --config file and --config.key=value overrides of a command line, as given."""
+    out, it = [], iter(argv[1:])
+    for a in it:
+        if a == "--config":
+            out += [a, next(it, "")]
+        elif a.startswith(("--config=", "--config.")):
+            out.append(a)
+    return [shlex.quote(a) for a in out]
 
 
 def cmd_expand(rest: list[str]) -> int:
@@ -265,8 +325,12 @@ def cmd_expand(rest: list[str]) -> int:
     cfg = _config()
     if not getattr(FLAGS, "from"):
         raise UsageError("--from is required: a checkpoint directory (members/<name> or stages/<k>-<name>)")
-    out = commands.expand_checkpoint(cfg, _path(getattr(FLAGS, "from"), "--from"), _workdir())
-    print(f"jaxgrow: expanded checkpoint written to {out}; train with --workdir {FLAGS.workdir} to continue")
+    config_args = " ".join(_config_args(_ARGV))
+    workdir = _workdir()
+    command = f"jaxgrow expand {config_args} --from {shlex.quote(getattr(FLAGS, 'from'))} --workdir {shlex.quote(FLAGS.workdir)}"
+    out = commands.expand_checkpoint(cfg, _path(getattr(FLAGS, "from"), "--from"), workdir, command=command)
+    print(f"jaxgrow: expanded checkpoint written to {out}; continue with: "
+          f"jaxgrow train {config_args} --workdir {shlex.quote(FLAGS.workdir)}")
     return 0
 
 
@@ -280,10 +344,17 @@ def _force_host_devices(cfg) -> None:
 
 def cmd_plan(rest: list[str]) -> int:
     cfg = _config()
+    if FLAGS.devices < 0:
+        raise UsageError(f"--devices={FLAGS.devices} must be >= 0 (0: the mesh's product, else 8)")
     _force_host_devices(cfg)
     from jaxgrow.cli import plan  # noqa: PLC0415
+    from jaxgrow.family import checks  # noqa: PLC0415
+    from jaxgrow.model import sharding  # noqa: PLC0415
 
-    plan.print_plan(cfg)
+    checks.validate(cfg)
+    checks.check_batch_divides(cfg, sharding.make_mesh(cfg.mesh))  # as train checks it, before compiling anything
+
+    plan.print_plan(cfg, chip=FLAGS.chip, hbm_gib=FLAGS.hbm_gib)
     return 0
 
 
@@ -347,7 +418,16 @@ def cmd_import(rest: list[str]) -> int:
     return 0
 
 
+def _check_prompt_text() -> None:
+    """A prompt given as bytes that are not UTF-8 (e.g. $'\\xff\\xfe') arrives as lone surrogates: bad input."""
+    try:
+        FLAGS.prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"--prompt={FLAGS.prompt!r} is not valid UTF-8 text") from None
+
+
 def cmd_sample(rest: list[str]) -> int:
+    _check_prompt_text()
     from jaxgrow.cli import sample as sample_cmd  # noqa: PLC0415
 
     if FLAGS.draft is not None:
@@ -407,6 +487,7 @@ def _help_request(argv: list[str]) -> str | None:
 
 def _dispatch(argv: list[str]) -> int:
     rest = _parse(argv)[1:]
+    logs.setup(verbosity=_verbosity())  # absl's --verbosity=1: library log lines and tracebacks of faults
     command = rest.pop(0) if rest and rest[0] in COMMANDS else "train"
     if command not in POSITIONAL and rest:
         raise UsageError(f"unexpected arguments {rest}; commands: {list(COMMANDS)} (see --help)")
@@ -414,14 +495,25 @@ def _dispatch(argv: list[str]) -> int:
     return HANDLERS[command](rest)
 
 
+_ARGV: list[str] = []  # the command line being run (expand repeats its --config arguments in the hints it prints)
+
+
+def _verbosity() -> int:
+    try:
+        return int(FLAGS.verbosity) if FLAGS.is_parsed() else -1
+    except (AttributeError, flags.Error):
+        return -1
+
+
 def main(argv: list[str] | None = None) -> int:
     logs.setup()
     argv = list(sys.argv if argv is None else argv)
+    _ARGV[:] = argv
     text = _help_request(argv)
     if text is not None:
         sys.stdout.write(text)
         return 0
-    return errors.boundary(lambda: _dispatch(argv))
+    return errors.boundary(lambda: _dispatch(argv), _verbosity)
 
 
 def run() -> None:

@@ -1,6 +1,11 @@
 """`plan`: per-member sizes, FLOPs, budgets, per-device memory and XLA's compiled memory analysis of
 the train step (and of each expansion step) on the configured mesh, all ahead of time on abstract
 inputs: no weights are allocated, so the 8B member plans on a laptop CPU with forced host devices.
+
+With a chip (`print_plan(cfg, chip="v5p")`, or `hbm_gib=`), every train step and expansion gets a
+verdict: "fits (x GiB of y GiB)" or "does not fit: needs x GiB ...; try ..." with suggestions
+computed from the compiled figures (see `fit_verdict`). Communication is shown twice: counted in
+the compiled HLO and estimated by collectives.analytic_traffic, with their ratio.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxgrow import expand
+from jaxgrow.config import InputError
 from jaxgrow.family import checks
 from jaxgrow.family.budgets import StageBudget, budgets, lr_schedule
-from jaxgrow.model import collectives, sharding
+from jaxgrow.model import collectives, layout, sharding
 from jaxgrow.train import trainer
 
 
@@ -62,13 +68,112 @@ def compile_expansion(cfg: Any, prev: StageBudget, stage: StageBudget, mesh: jax
         return fn.lower(src, key=jax.random.key(0)).compile()
 
 
-def analytic_collectives(cfg: Any, stage: StageBudget, abstract_params: Any, mesh) -> dict:
-    """collectives.analytic_traffic for one member on this mesh."""
+def analytic_collectives(cfg: Any, stage: StageBudget, abstract_params: Any, mesh,
+                         backend: str | None = None) -> dict:
+    """collectives.analytic_traffic for one member on this mesh, as `backend` (default: the one
+    the step was compiled for) lowers it."""
     shards = []
-    for x in jax.tree.leaves(abstract_params):
+    for spec, x in layout.iter_leaves(stage.model, abstract_params):
         nbytes = math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
-        shards.append((nbytes, any("fsdp" in (p if isinstance(p, tuple) else (p,)) for p in x.sharding.spec if p)))
-    return collectives.analytic_traffic(stage.model, dict(mesh.shape), cfg.data.batch_size, cfg.data.seq_len, shards)
+        split = any("fsdp" in (p if isinstance(p, tuple) else (p,)) for p in x.sharding.spec if p)
+        shards.append(collectives.ParamShard(nbytes, split, spec.stacked))
+    return collectives.analytic_traffic(stage.model, dict(mesh.shape), cfg.data.batch_size, cfg.data.seq_len, shards,
+                                        grad_accum_steps=cfg.optimizer.grad_accum_steps,
+                                        backend=backend or jax.default_backend())
+
+
+# ----------------------------------------------------------------------------------------------
+# Does it fit? HBM per JAX device (one JAX device per chip on all of these), in GiB.
+# TPU: Cloud TPU system-architecture pages, "HBM capacity per chip": v5p 95 GiB (the allocatable
+# part of 96 GiB physical; JAX reports 95), v5e 16 GiB, v6e (Trillium) 32 GiB.
+# GPU: NVIDIA datasheets, "GPU memory": H100 SXM 80 GB, H200 141 GB, A100 80 GB (the A100 also ships
+# with 40 GB: pass hbm_gib=40). JAX preallocates 75% of a GPU's memory unless
+# XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise, so on GPU the usable part is that fraction.
+CHIP_HBM_GIB = {"v5p": 95, "v5e": 16, "v6e": 32, "h100": 80, "h200": 141, "a100": 80}
+GPU_CHIPS = ("h100", "h200", "a100")
+
+
+class PlanError(InputError):
+    """A bad plan flag (chip, HBM size)."""
+
+
+def chip_memory(chip: str = "", hbm_gib: float = 0.0) -> tuple[str, int] | None:
+    """(label, HBM bytes per device) to check against; None when neither is given. hbm_gib > 0
+    overrides the chip's table value."""
+    chip = (chip or "").strip().lower()
+    if hbm_gib < 0:
+        raise PlanError(f"--hbm_gib={hbm_gib} must be > 0 (GiB of HBM per device), or 0 to use --chip's")
+    if chip and chip not in CHIP_HBM_GIB:
+        raise PlanError(f"--chip={chip} is not known; choose one of {', '.join(CHIP_HBM_GIB)} "
+                        "(or give --hbm_gib=<GiB per device>)")
+    if hbm_gib > 0:
+        return (f"{chip}, --hbm_gib={hbm_gib:g}" if chip else f"--hbm_gib={hbm_gib:g}"), int(hbm_gib * 2**30)
+    if chip:
+        return chip, CHIP_HBM_GIB[chip] * 2**30
+    return None
+
+
+def needed_bytes(memory: dict) -> int:
+    """Peak bytes one device holds while the compiled program runs: its arguments and outputs live
+    throughout, less the outputs written into donated (aliased) arguments, plus XLA's peak of
+    temporaries and the program itself (small; in HBM on TPU/GPU)."""
+    return (memory.get("argument_size_in_bytes", 0) + memory.get("output_size_in_bytes", 0)
+            - memory.get("alias_size_in_bytes", 0) + memory.get("temp_size_in_bytes", 0)
+            + memory.get("generated_code_size_in_bytes", 0))
+
+
+def _doublings(start: int, ok) -> int | None:
+    """The smallest start * 2^k (k >= 1, up to 2^12) with ok(value), else None."""
+    value = start
+    for _ in range(12):
+        value *= 2
+        if ok(value):
+            return value
+    return None
+
+
+def fit_verdict(memory: dict, hbm: int, cfg: Any, mesh_shape: dict[str, int], state_bytes: int,
+                param_bytes: int, train: bool = True) -> str:
+    """'fits (x of y)' or 'does not fit: needs x of y; try ...' for one compiled program.
+
+    The suggestions are estimates from this one compile, each change on its own (re-run plan with
+    it to confirm); F and A double until the estimate fits, within the batch (data.batch_size
+    divisible by data * F * A):
+      mesh.fsdp=F   the sharded state (params + optimizer, `state_bytes`; for an expansion all of
+                    its memory) shrinks by fsdp / F, the rest is kept (conservative: per-device
+                    activations only shrink further when the devices grow and data stays).
+      optimizer.grad_accum_steps=A  (train steps) the temporaries scale with the micro-batch, less
+                    two gradient-sized buffers (the gradient and its accumulator, 2 x `param_bytes`)
+                    that do not.
+      model.remat_policy=full  (train steps) when temporaries are most of the need and the blocks
+                    are not yet fully rematerialised; its saving is not estimated.
+    """
+    need = needed_bytes(memory)
+    if need <= hbm:
+        return f"fits ({_size(need)} of {_size(hbm)})"
+    d, f = mesh_shape.get("data", 1), mesh_shape.get("fsdp", 1)
+    accum, batch = cfg.optimizer.grad_accum_steps, cfg.data.batch_size
+    temp = memory.get("temp_size_in_bytes", 0)
+    tries = []
+    sharded = state_bytes if train else need - memory.get("generated_code_size_in_bytes", 0)
+    with_fsdp = lambda x: need - sharded * (1 - f / x)  # noqa: E731
+    new_f = _doublings(f, lambda x: batch % (d * x * accum) == 0 and with_fsdp(x) <= hbm)
+    if new_f:
+        tries.append(f"mesh.fsdp={new_f} (~{_size(with_fsdp(new_f))})")
+    if train:
+        scaling = max(0, temp - 2 * param_bytes)
+        with_accum = lambda x: need - scaling * (1 - accum / x)  # noqa: E731
+        new_a = _doublings(accum, lambda x: batch % (d * f * x) == 0 and with_accum(x) <= hbm)
+        if new_a:
+            tries.append(f"optimizer.grad_accum_steps={new_a} (~{_size(with_accum(new_a))})")
+    remat = (f"model.remat_policy=full (temporaries are {_size(temp)})"
+             if train and cfg.model.remat_policy != "full" and temp > need / 2 else "")
+    if tries:
+        hint = "; try (estimates; re-run plan with one to confirm) " + " / ".join(tries + [remat] * bool(remat))
+    else:
+        hint = ("; no single change of mesh.fsdp or optimizer.grad_accum_steps fits it: more devices with both, "
+                "or a chip with more HBM" + (f"; {remat} may help" if remat else ""))
+    return f"does not fit: needs {_size(need)} of {_size(hbm)}{hint}"
 
 
 V5E_V6E_CHIPS = (1, 4, 8, 16, 32, 64, 128, 256)
@@ -110,6 +215,9 @@ def plan_rows(cfg: Any, compile_steps: bool = True) -> tuple[jax.sharding.Mesh, 
             row["train_step_compile_s"] = time.perf_counter() - t0
             row["collectives"] = collectives.hlo_collectives(compiled.as_text())
             row["analytic_collectives"] = analytic_collectives(cfg, s, abstract.params, mesh)
+            if jax.default_backend() == "cpu":  # what the same step would send where it will run
+                row["accelerator_collectives"] = analytic_collectives(cfg, s, abstract.params, mesh, "tpu")
+                row["activation_dtype"] = s.model.dtype
             if i > 0 and cfg.mode == "progressive":
                 t0 = time.perf_counter()
                 row["expansion_memory"] = _memory(compile_expansion(cfg, stages[i - 1], s, mesh))
@@ -122,11 +230,42 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def print_plan(cfg: Any, compile_steps: bool = True) -> list[dict]:
+def _size(n: float) -> str:
+    return _gib(n) if n >= 2**30 else _mib(n)
+
+
+def _print_traffic(r: dict, backend: str) -> None:
+    c, a = r["collectives"], r["analytic_collectives"]
+    kinds = ", ".join(f"{k} {v['count']}x {_mib(v['bytes'])}" for k, v in c.items() if v["count"])
+    compiled = sum(v["traffic"] for v in c.values())
+    print(f"  collectives per step (compiled HLO): {kinds or 'none'}; per-device traffic {_mib(compiled)}")
+    ratio = f"{compiled / a['total']:.2f}" if a["total"] else "n/a"
+    lowering = " (as XLA:CPU lowers it: gradient all-reduce, float32 activations)" if backend == "cpu" else ""
+    print(f"  analytic per-device traffic{lowering}: fsdp gathers {_mib(a['fsdp_gather'])} + fsdp gradient "
+          f"reduction {_mib(a['fsdp_reduce'])} + data {_mib(a['data'])} + tensor {_mib(a['tensor'])} = "
+          f"{_mib(a['total'])}; compiled / analytic = {ratio}")
+    if "accelerator_collectives" in r:
+        print(f"  analytic on TPU/GPU (reduce-scatter, {r['activation_dtype']} activations): "
+              f"{_mib(r['accelerator_collectives']['total'])}")
+
+
+def print_plan(cfg: Any, compile_steps: bool = True, *, chip: str = "", hbm_gib: float = 0.0) -> list[dict]:
+    """Prints the plan; with `chip` (a CHIP_HBM_GIB key) or `hbm_gib`, a fit verdict for every
+    compiled train step and expansion. Raises PlanError for an unknown chip."""
+    target = chip_memory(chip, hbm_gib)  # before minutes of compiling
+    chip = (chip or "").strip().lower()
     mesh, rows = plan_rows(cfg, compile_steps)
-    print(f"mesh {dict(mesh.shape)} on {mesh.devices.size} {jax.devices()[0].platform} device(s); mode {cfg.mode}; "
+    backend = jax.default_backend()
+    mesh_shape = dict(mesh.shape)
+    print(f"mesh {mesh_shape} on {mesh.devices.size} {jax.devices()[0].platform} device(s); mode {cfg.mode}; "
           f"batch {cfg.data.batch_size} x seq {cfg.data.seq_len}")
     print(tpu_slices(mesh.devices.size) + " (v5p names count TensorCores, 2 per chip; v5e/v6e names count chips)")
+    if target:
+        label, hbm = target
+        note = "; JAX preallocates 75% of it unless XLA_PYTHON_CLIENT_MEM_FRACTION is raised" if chip in GPU_CHIPS else ""
+        print(f"fit on {label}: {_size(hbm)} HBM per device{note}; need = arguments + outputs - aliased + "
+              "temporaries + code" + (" of XLA:CPU's compile (a TPU/GPU compile lays out memory differently: "
+                                      "treat a margin under ~10% as uncertain)" if backend == "cpu" else ""))
     total = 0.0
     for r in rows:
         total += r["stage_flops"]
@@ -135,22 +274,25 @@ def print_plan(cfg: Any, compile_steps: bool = True) -> list[dict]:
         print(f"  stage: {r['tokens']:.3g} tokens in {r['steps']} steps = {r['stage_flops']:.3g} FLOPs "
               f"(cumulative {total:.3g})")
         print(f"  per device: params {_gib(r['param_bytes_per_device'])} + optimizer {_gib(r['opt_bytes_per_device'])}")
+        state = r["param_bytes_per_device"] + r["opt_bytes_per_device"]
         if "train_step_memory" in r:
             m = r["train_step_memory"]
             print(f"  compiled train step ({r['train_step_compile_s']:.1f}s): arguments {_gib(m.get('argument_size_in_bytes', 0))}, "
                   f"outputs {_gib(m.get('output_size_in_bytes', 0))} (aliased {_gib(m.get('alias_size_in_bytes', 0))}), "
                   f"temporaries {_gib(m.get('temp_size_in_bytes', 0))} per device")
+            if target and m:
+                r["train_step_fit"] = fit_verdict(m, target[1], cfg, mesh_shape, state, r["param_bytes_per_device"])
+                print(f"  train step on {target[0]}: {r['train_step_fit']}")
         if "collectives" in r:
-            c, a = r["collectives"], r["analytic_collectives"]
-            kinds = ", ".join(f"{k} {v['count']}x {_mib(v['bytes'])}" for k, v in c.items() if v["count"])
-            print(f"  collectives per step (compiled HLO): {kinds or 'none'}; per-device traffic "
-                  f"{_mib(sum(v['traffic'] for v in c.values()))}")
-            print(f"  analytic per-device traffic: fsdp {_mib(a['fsdp'])} + data {_mib(a['data'])} + "
-                  f"tensor {_mib(a['tensor'])} = {_mib(a['total'])}")
+            _print_traffic(r, backend)
         if "expansion_memory" in r:
             m = r["expansion_memory"]
             print(f"  compiled expansion from the previous member ({r['expansion_compile_s']:.1f}s): arguments "
                   f"{_gib(m.get('argument_size_in_bytes', 0))}, outputs {_gib(m.get('output_size_in_bytes', 0))}, "
                   f"temporaries {_gib(m.get('temp_size_in_bytes', 0))} per device")
+            if target and m:
+                r["expansion_fit"] = fit_verdict(m, target[1], cfg, mesh_shape, state, r["param_bytes_per_device"],
+                                                 train=False)
+                print(f"  expansion on {target[0]}: {r['expansion_fit']}")
     print(f"\nfamily total: {total:.4g} train FLOPs")
     return rows

@@ -8,12 +8,12 @@ import json
 from pathlib import Path
 
 import jax
-from tokenizers import Tokenizer
 
 from jaxgrow import storage
 from jaxgrow.config import InputError
-from jaxgrow.data import corpus as corpus_lib, pipeline
+from jaxgrow.data import corpus as corpus_lib, pipeline, tokenizers as tokenizers_lib
 from jaxgrow.data.tokenizers import DEFAULT_EOS as EOS
+from jaxgrow.eval import report
 from jaxgrow.family import workdir as workdir_lib
 from jaxgrow.model import sharding
 from jaxgrow.serve import decode, speculative
@@ -66,7 +66,7 @@ def _tokenizer(workdir, flag: str):
     path = storage.join(workdir, "tokenizer.json")
     if not path.is_file():
         raise InputError(f"{flag}={workdir} has no tokenizer.json; cannot encode --prompt")
-    return Tokenizer.from_str(path.read_text())  # local or remote
+    return tokenizers_lib.read_tokenizer(str(path), flag)  # local or remote; a damaged file is one line
 
 
 def _prompt_ids(tok, prompt: str) -> tuple[int | None, list[int]]:
@@ -124,7 +124,8 @@ def evaluate_speculative(workdir, gamma: int = speculative.DEFAULT_GAMMA) -> dic
     done = [s for s in stages if checkpoint.has_checkpoint(workdir_lib.member_dir(workdir, s.name))]
     if not done:
         raise InputError(f"--workdir={workdir} holds no finished member; train the family first")
-    corpus = corpus_lib.prepare(cfg.data, cfg.model.vocab_size, workdir)
+    workdir_lib.check_writable(workdir)  # eval.json: checked before anything is computed
+    corpus = corpus_lib.prepare(cfg.data, cfg.model.vocab_size, workdir, splits=("eval",))
     host = pipeline.eval_batches(corpus.eval, cfg.data.seq_len, cfg.data.batch_size, cfg.data.eval_batches)
     mesh = sharding.eval_mesh()
     params = [workdir_lib.member_params(workdir, s, mesh) for s in done]
@@ -139,4 +140,5 @@ def evaluate_speculative(workdir, gamma: int = speculative.DEFAULT_GAMMA) -> dic
         for name, rate in result.items():
             existing["members"].setdefault(name, {})["draft_acceptance"] = rate
         storage.atomic_write_text(path, json.dumps(existing, indent=2))
+        report.render_markdown(workdir)
     return result

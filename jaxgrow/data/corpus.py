@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -182,12 +181,16 @@ def _resolve_tokenizer(data_cfg: Any, specs: list[SourceSpec], vocab_size: int,
     return tokenizers_lib.describe(tok, eos, bos, "the trained tokenizer")
 
 
-def prepare(data_cfg: Any, vocab_size: int, workdir: Path | epath.Path | None) -> Corpus:
-    """Resolves the sources and the tokenizer and opens (or builds) the token stores.
+def prepare(data_cfg: Any, vocab_size: int, workdir: Path | epath.Path | None,
+            splits: tuple[str, ...] = ("train", "eval")) -> Corpus:
+    """Resolves the sources and the tokenizer and opens (or builds) the token stores of `splits` (evaluation needs
+    only "eval": it never tokenizes training data).
 
-    Raw text that is not yet cached in `workdir/data/` is tokenized into a temporary directory;
-    `save_cache` moves it into the workdir once every input has been validated, so a bad input
-    leaves the workdir untouched. Nothing is read into memory beyond a bounded tokenizer sample.
+    Tokenized directories are checked (manifest, tokenizer, shard sizes) before anything is written. Raw text that is
+    not yet cached in `workdir/data/` is tokenized into a scratch directory outside the workdir (keyed by the workdir
+    and the cache name, so a killed run's rerun resumes it unit by unit; scratch of dead processes is swept at the
+    next start); `save_cache` moves it into the workdir once every input has been validated, so a bad input leaves
+    the workdir untouched. Nothing is read into memory beyond a bounded tokenizer sample.
     """
     workdir = epath.Path(str(workdir)) if workdir is not None else None
     specs = source_specs(data_cfg)
@@ -195,41 +198,44 @@ def prepare(data_cfg: Any, vocab_size: int, workdir: Path | epath.Path | None) -
     workers = int(data_cfg.get("tokenize_workers", 1))
     names: dict = {}
     staged: dict = {}
+    storage.sweep_scratch("tokens")
 
     def open_spec(spec: Spec, split: str) -> shards.TokenStore:
         if spec.tokenized is not None:
-            manifest = shards.read_manifest(spec.tokenized)
+            manifest = shards.read_manifest(spec.tokenized, spec.field)
+            if manifest is None:
+                raise DataError(f"{spec.field}: {spec.tokenized} has no manifest.json; not a finished tokenized "
+                                "directory (rerun tokenize to finish it)")
             shards.check_manifest(spec.tokenized, manifest, info, spec.field)
+            shards.check_shard_sizes(spec.tokenized, manifest, spec.field)
             return shards.TokenStore([(spec.tokenized, manifest)])
         name = _raw_cache_name(split, spec.files, info, data_cfg.text_field)
         names[spec.field] = name
         if workdir is not None:
-            manifest = shards.read_manifest(workdir / "data" / name)
+            cached = workdir / "data" / name
+            manifest = shards.read_manifest(cached, f"{cached} (the run's token cache)")
             if manifest is not None:
-                return shards.TokenStore([(workdir / "data" / name, manifest)])
-        tmp = epath.Path(tempfile.mkdtemp(prefix="jaxgrow-tokens-")) / name
-        try:
-            manifest = shards.tokenize_files(list(spec.files), tmp, info, text_field=data_cfg.text_field,
-                                                 workers=workers, field=spec.field, progress=False,
-                                                 desc=f"tokenize {spec.field}")
-        except BaseException:
-            shutil.rmtree(str(tmp.parent), ignore_errors=True)
-            raise
-        staged[name] = tmp
-        return shards.TokenStore([(tmp, manifest)])
+                shards.check_shard_sizes(cached, manifest, f"{cached} (the run's token cache)")
+                return shards.TokenStore([(cached, manifest)])
+        tmp = storage.scratch_dir("tokens", f"{workdir}:{name}") / name
+        manifest = shards.tokenize_files(list(spec.files), epath.Path(tmp), info, text_field=data_cfg.text_field,
+                                         workers=workers, field=spec.field, progress=False,
+                                         desc=f"tokenize {spec.field}")
+        staged[name] = epath.Path(tmp)
+        return shards.TokenStore([(epath.Path(tmp), manifest)])
 
     try:
-        train = [MixSource(s.name, s.weight, open_spec(s.train, "train")) for s in specs]
-        evals = [open_spec(s.eval, "eval") for s in specs if s.eval is not None]
-    except BaseException:
-        for tmp in staged.values():
+        train = [MixSource(s.name, s.weight, open_spec(s.train, "train")) for s in specs] if "train" in splits else []
+        evals = [open_spec(s.eval, "eval") for s in specs if s.eval is not None] if "eval" in splits else []
+    except DataError:
+        for tmp in staged.values():  # bad input: nothing kept (a kill keeps the scratch, for the rerun to resume)
             shutil.rmtree(str(tmp.parent), ignore_errors=True)
         raise
     eval_store = shards.TokenStore([p for e in evals for p in e.parts])
     corpus = Corpus(info.tokenizer, info, train, eval_store, names, staged)
     min_len = data_cfg.seq_len + 1
     try:
-        if len(eval_store) < min_len:
+        if "eval" in splits and len(eval_store) < min_len:
             raise DataError(f"data.eval_files: the held-out set has {len(eval_store)} tokens, shorter than one "
                             f"sequence (data.seq_len + 1 = {min_len}); add held-out text or lower data.seq_len")
         for src in train:

@@ -116,6 +116,15 @@ class _ZstdReader(io.RawIOBase):
         return n
 
 
+def _check_encodable(text: str, where: str) -> None:
+    """JSON can spell a lone surrogate (\\ud800), which no tokenizer can encode: bad input, named by its line."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(f"{where} holds a lone UTF-16 surrogate ({text[e.start:e.end]!r} at character {e.start}), "
+                        "which is not text; fix or drop that line") from None
+
+
 def iter_documents(path: epath.Path, text_field: str, field: str) -> Iterator[tuple[str, bool]]:
     """(text, ends_document) pieces of one input file, streamed. Raises DataError on bad content."""
     fmt = input_format(str(path))
@@ -146,6 +155,7 @@ def iter_documents(path: epath.Path, text_field: str, field: str) -> Iterator[tu
                     raise DataError(f"{field}: {path}:{i} is not a JSON object with a {text_field!r} string "
                                     "(data.text_field / --text_field)") from None
                 if text:
+                    _check_encodable(text, f"{field}: {path}:{i}")
                     yield text, True
     except DataError:
         raise

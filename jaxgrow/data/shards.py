@@ -31,6 +31,7 @@ import logging
 import multiprocessing
 import os
 import queue as queue_lib
+import sys
 import threading
 
 import numpy as np
@@ -65,6 +66,14 @@ class UnitJob:
     eos_id: int
     bos_id: int
     shard_tokens: int
+    tokenizer_sha256: str
+
+    def pins(self) -> dict:
+        """Every input that shapes this unit's bytes: a unit is done only when its record pins all of them (a
+        resume with another tokenizer, EOS/BOS, dtype, text field or shard size redoes it)."""
+        return {"source": self.fingerprint, "tokenizer_sha256": self.tokenizer_sha256, "dtype": self.dtype,
+                "eos_id": self.eos_id, "bos_id": self.bos_id, "text_field": self.text_field,
+                "shard_tokens": self.shard_tokens}
 
 
 _WORKER: dict = {}
@@ -159,7 +168,8 @@ def _tokenize_unit(job: UnitJob) -> dict:
         writer.close(e)
         raise
     writer.close()
-    record = {"index": job.index, "source": job.fingerprint, "documents": documents, "shards": writer.shards}
+    storage.fault_point("tokenize_unit")  # the unit's shards are written, its record not yet
+    record = {"index": job.index, "pins": job.pins(), "documents": documents, "shards": writer.shards}
     storage.atomic_write_text(out / "units" / unit_name(job.index), json.dumps(record, sort_keys=True))
     return record
 
@@ -168,11 +178,43 @@ def _tokenize_unit(job: UnitJob) -> dict:
 # The manifest and the whole directory
 
 
-def read_manifest(directory: str | epath.Path) -> dict | None:
+MANIFEST_KEYS = ("format", "dtype", "tokenizer_sha256", "eos_id", "total_tokens", "shards", "sources")
+
+
+def read_manifest(directory: str | epath.Path, field: str = "data") -> dict | None:
+    """The manifest of a tokenized directory (None when there is none), checked to be one: valid JSON holding
+    every key readers use, shards with a name and a token count; DataError naming the file otherwise."""
     p = epath.Path(str(directory)) / "manifest.json"
     if not p.exists():
         return None
-    return json.loads(p.read_text())
+    try:
+        manifest = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{field}: {p} is not valid JSON ({type(e).__name__}); re-run tokenize into a new directory "
+                        "or remove the damaged manifest.json to resume it") from None
+    missing = [k for k in MANIFEST_KEYS if not isinstance(manifest, dict) or k not in manifest]
+    if missing:
+        raise DataError(f"{field}: {p} lacks {missing}; not a jaxgrow tokenized directory (re-run tokenize)")
+    if manifest["dtype"] not in ("uint16", "uint32") or not all(
+            isinstance(sh, dict) and isinstance(sh.get("name"), str) and isinstance(sh.get("tokens"), int)
+            for sh in manifest["shards"]):
+        raise DataError(f"{field}: {p} has a bad dtype {manifest['dtype']!r} or shard list; re-run tokenize")
+    return manifest
+
+
+def check_shard_sizes(directory: epath.Path, manifest: dict, field: str) -> None:
+    """Every shard the manifest lists exists with exactly tokens x itemsize bytes (a truncated shard, or a manifest
+    whose dtype was edited, would otherwise surface mid-training as a short read or a misleading non-finite loss).
+    One directory listing, not a request per shard."""
+    itemsize = np.dtype(manifest["dtype"]).itemsize
+    sizes = storage.file_sizes(storage.join(directory, "shards"))
+    for sh in manifest["shards"]:
+        want = sh["tokens"] * itemsize
+        got = sizes.get(sh["name"])
+        if got != want:
+            what = "is missing" if got is None else f"has {got} bytes"
+            raise DataError(f"{field}: {storage.join(directory, 'shards', sh['name'])} {what}, the manifest says "
+                            f"{sh['tokens']} {manifest['dtype']} tokens = {want} bytes; re-run tokenize")
 
 
 def is_tokenized_dir(path: str) -> bool:
@@ -198,15 +240,35 @@ def check_manifest(directory: epath.Path, manifest: dict, info: tokenizers_lib.T
 
 
 def _done_record(out: epath.Path, job: UnitJob) -> dict | None:
+    """The unit's record if it is done for exactly this job (every pin equal, every shard whole), else None."""
     p = out / "units" / unit_name(job.index)
     if not p.exists():
         return None
-    record = json.loads(p.read_text())
-    if record["source"] != job.fingerprint:
+    try:
+        record = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return None  # torn: redo the unit
+    if not isinstance(record, dict) or record.get("pins") != job.pins():
         return None
-    if not all((out / "shards" / s["name"]).exists() for s in record["shards"]):
-        return None
+    itemsize = np.dtype(job.dtype).itemsize
+    for sh in record.get("shards", []):
+        path = out / "shards" / sh["name"]
+        if not path.exists() or path.stat().length != sh["tokens"] * itemsize:
+            return None
     return record
+
+
+def _clear_unit(out: epath.Path, index: int) -> None:
+    """Removes the shards and record of a unit that will be redone (a redone unit may have fewer parts)."""
+    (out / "units" / unit_name(index)).unlink(missing_ok=True)
+    for old in (out / "shards").glob(f"{index:05d}-*.bin"):
+        old.unlink(missing_ok=True)
+
+
+def _common_pins(jobs: list[UnitJob]) -> dict:
+    """The pins every unit shares (all but the source): what a finished directory's manifest records."""
+    pins = jobs[0].pins() if jobs else {}
+    return {k: v for k, v in pins.items() if k != "source"}
 
 
 def tokenize_files(paths: list[epath.Path], out: epath.Path, info: tokenizers_lib.TokenizerInfo, *, text_field: str = "text",
@@ -216,14 +278,14 @@ def tokenize_files(paths: list[epath.Path], out: epath.Path, info: tokenizers_li
     from tqdm import tqdm  # noqa: PLC0415
 
     prints = [formats.fingerprint(p) for p in paths]
-    existing = read_manifest(out)
+    existing = read_manifest(out, f"--out={out}")
     if existing is not None and existing["tokenizer_sha256"] != info.sha256:
         raise DataError(f"--out={out} holds tokens from another tokenizer (sha256 {existing['tokenizer_sha256'][:12]}, "
                         f"this one {info.sha256[:12]}); give a new --out directory")
-    if existing is not None and existing["sources"] == prints and existing["text_field"] == text_field:
+    jobs = [UnitJob(i, str(p), fp, str(out), text_field, field, info.dtype, info.eos_id, info.bos_id, shard_tokens,
+                    info.sha256) for i, (p, fp) in enumerate(zip(paths, prints))]
+    if existing is not None and existing.get("pins") == _common_pins(jobs) and existing["sources"] == prints:
         return existing
-    jobs = [UnitJob(i, str(p), fp, str(out), text_field, field, info.dtype, info.eos_id, info.bos_id, shard_tokens)
-            for i, (p, fp) in enumerate(zip(paths, prints))]
     created = not out.exists()
     (out / "shards").mkdir(parents=True, exist_ok=True)
     (out / "units").mkdir(parents=True, exist_ok=True)
@@ -237,10 +299,17 @@ def tokenize_files(paths: list[epath.Path], out: epath.Path, info: tokenizers_li
                 records[job.index] = rec
             else:
                 todo.append(job)
+        if todo and existing is not None:
+            # the directory's bytes are about to change: it stops being a finished directory first
+            (out / "manifest.json").unlink(missing_ok=True)
+        for job in todo:
+            _clear_unit(out, job.index)
         if todo:
             log.info("%s: %d of %d input files to tokenize (%d done), %d worker(s)", desc, len(todo), len(jobs),
                      len(records), workers)
-        bar = tqdm(desc=desc, unit="tok", unit_scale=True, disable=not progress or not todo, dynamic_ncols=True)
+        # the bar is for people at a terminal; logs and CI keep one line per event
+        bar = tqdm(desc=desc, unit="tok", unit_scale=True, dynamic_ncols=True,
+                   disable=not progress or not todo or not sys.stderr.isatty())
         try:
             if workers <= 1 or len(todo) <= 1:
                 q = queue_lib.SimpleQueue()
@@ -280,7 +349,8 @@ def tokenize_files(paths: list[epath.Path], out: epath.Path, info: tokenizers_li
     manifest = {
         "format": FORMAT, "dtype": info.dtype, "tokenizer_sha256": info.sha256, "tokenizer_size": info.size,
         "eos_token": info.eos_token, "eos_id": info.eos_id, "bos_token": info.bos_token, "bos_id": info.bos_id,
-        "text_field": text_field, "total_tokens": sum(s["tokens"] for s in shards),
+        "text_field": text_field, "shard_tokens": shard_tokens, "pins": _common_pins(jobs),
+        "total_tokens": sum(s["tokens"] for s in shards),
         "documents": sum(records[i]["documents"] for i in range(len(jobs))),
         "sources": prints, "shards": shards,
     }

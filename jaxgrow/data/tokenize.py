@@ -31,6 +31,7 @@ def run_command(inputs: str, out: str, tokenizer: str = "", vocab_size: int = 0,
     if shard_tokens < 1:
         raise DataError(f"--shard_tokens={shard_tokens} must be >= 1")
     out_path = storage.as_path(out, "--out")
+    storage.check_writable(out_path, "--out")  # never creates a bucket (a typo would silently make a new one)
     paths = formats.expand_inputs(inputs, "--inputs")
     formats.precheck(paths, text_field, "--inputs")
     t0 = time.perf_counter()
@@ -40,7 +41,7 @@ def run_command(inputs: str, out: str, tokenizer: str = "", vocab_size: int = 0,
         tok = tokenizers_lib.read_tokenizer(str(out_path / "tokenizer.json"), f"--out={out} (its tokenizer.json)")
     else:
         if vocab_size <= 0:
-            raise DataError("give --tokenizer PATH (a tokenizer.json) or --vocab_size N to train a byte-level BPE")
+            raise DataError("give --tokenizer PATH (a tokenizer.json, SentencePiece .model or tiktoken file) or --vocab_size N to train a byte-level BPE")
         tok = tokenizers_lib.train_bpe(tokenizers_lib.sample_texts(paths, text_field, "--inputs", sample_bytes), vocab_size, "--vocab_size")
         log.info("trained a byte-level BPE of %d tokens on <= %d MB of the inputs in %.1fs", vocab_size,
                  sample_bytes >> 20, time.perf_counter() - t0)

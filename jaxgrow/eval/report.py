@@ -1,8 +1,13 @@
-"""report.json / report.md / PNG plots for a finished family run."""
+"""report.json / report.md / PNG plots for a finished family run.
+
+report.md is always rendered as a whole from its JSON sources (`render_markdown`): report.json (the family's
+members, FLOPs, consistency, goodput, lineage) and eval.json (the Benchmarks section), so no writer can erase
+another's section: a rerun of a finished run, `evaluate --suite` and `evaluate --tasks` all re-render it."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +17,9 @@ from jaxgrow import storage
 from jaxgrow.model import flops
 
 
+log = logging.getLogger("jaxgrow")
+
+
 def goodput_markdown(summary: dict) -> str:
     f = summary["fractions"]
     parts = ", ".join(f"{k} {100 * v:.1f}%" for k, v in f.items() if k != "train")  # the buckets in goodput.py's order
@@ -19,28 +27,31 @@ def goodput_markdown(summary: dict) -> str:
             f"(rest: {parts}; outside train steps excluding compile: "
             f"{100 * summary['non_train_excluding_compile']:.1f}%)")
 
+
 PLOTS = {"eval_loss_vs_flops.png": "held-out loss vs cumulative train FLOPs",
          "lr_schedule.png": "LR schedule of every stage"}
 
 
 def read_metrics(workdir: Path) -> list[dict]:
-    """metrics.jsonl records; for repeated (stage, step, kind) after a resume the last one wins."""
-    path = storage.join(workdir, "metrics.jsonl")
-    if not path.exists():
-        return []
+    """metrics.jsonl records; for repeated (stage, step, kind) after a resume the last one wins. A torn record (a
+    kill or a full disk mid-write) is skipped with a warning."""
+    records, skipped = storage.read_jsonl(storage.join(workdir, "metrics.jsonl"))
+    if skipped:
+        log.warning("%s: skipped %d torn record(s)", storage.join(workdir, "metrics.jsonl"), skipped)
     latest: dict[tuple, dict] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            latest[(r.get("stage"), r.get("step"), "eval_loss" in r, "bench_suite" in r)] = r
+    for r in records:
+        latest[(r.get("stage"), r.get("step"), "eval_loss" in r, "bench_suite" in r)] = r
     return sorted(latest.values(), key=lambda r: (r.get("stage", 0), r.get("step", 0)))
 
 
-def build(cfg: Any, stages: list, member_evals: list[dict], independent_stages: list) -> dict:
-    """The report dict. member_evals[i]: {'eval_loss', 'kl_to_next', 'kl_from_next'}."""
-    total = float(sum(s.train_flops for s in stages))
+def build(cfg: Any, stages: list, member_evals: list[dict], independent_stages: list, lineage: dict | None = None) -> dict:
+    """The report dict. member_evals[i]: {'eval_loss', 'kl_to_next', 'kl_from_next', ...}. lineage: the run this
+    one was grown from (family/workdir.py: lineage.json); its train FLOPs count in every cumulative figure and
+    in the savings against training this family from scratch."""
+    before = float(lineage["train_flops"]) if lineage else 0.0
+    total = before + float(sum(s.train_flops for s in stages))
     independent_total = float(sum(s.train_flops for s in independent_stages))
-    members, cumulative = [], 0.0
+    members, cumulative = [], before
     for s, ev in zip(stages, member_evals):
         cumulative += s.train_flops
         members.append({
@@ -51,20 +62,28 @@ def build(cfg: Any, stages: list, member_evals: list[dict], independent_stages: 
             "kl_from_next": ev["kl_from_next"], "draft_acceptance": ev.get("draft_acceptance"),
             "epochs": ev.get("epochs"), "peak_lr": ev.get("peak_lr"),
         })
-    return {
+    out = {
         "mode": cfg.mode, "flops_convention": flops.CONVENTION, "total_train_flops": total,
         "independent_total_train_flops": independent_total,
         "flops_saved_fraction": 1.0 - total / independent_total if independent_total else 0.0,
         "expansion": {"method": cfg.expansion.method, "depth": cfg.expansion.depth} if cfg.mode == "progressive" else None,
         "lr_rule": cfg.lr.rule, "consistency_weight": cfg.consistency.weight, "members": members,
     }
+    if lineage:
+        out["lineage"] = {k: lineage[k] for k in ("parent", "train_flops", "tokens", "data") if k in lineage}
+    return out
 
 
 def markdown(report: dict) -> str:
+    lineage = report.get("lineage")
+    grown = [] if not lineage else [
+        f"Grown from {lineage['parent']['checkpoint']} (member {lineage['parent']['member']}, step "
+        f"{lineage['parent']['step']}): its {lineage['train_flops']:.4g} train FLOPs and {lineage['tokens']:,.0f} "
+        "tokens are counted in the totals, the cumulative FLOPs and the epochs below.", ""]
     lines = [f"# jaxgrow family report ({report['mode']})", "",
              f"Total train FLOPs: {report['total_train_flops']:.4g} "
-             f"(independent family: {report['independent_total_train_flops']:.4g}; "
-             f"saved: {100 * report['flops_saved_fraction']:.1f}%)", "",
+             f"(independent family from scratch: {report['independent_total_train_flops']:.4g}; "
+             f"saved: {100 * report['flops_saved_fraction']:.1f}%)", "", *grown,
              f"FLOPs convention: {report['flops_convention']}", "",
              "| member | params | non-emb params | tokens | train FLOPs | eval loss | eval ppl | KL(this‖next) | KL(next‖this) "
              "| draft acceptance for next (T=0 / T=1) |",
@@ -153,10 +172,32 @@ def eval_series(metrics: list[dict]) -> dict[str, list[tuple[float, float]]]:
     return series
 
 
+def render_markdown(workdir: Path) -> None:
+    """report.md from report.json and eval.json (whichever exist), each section from its source."""
+    from jaxgrow.eval.benchmarks import results as bench_results  # noqa: PLC0415
+
+    workdir = storage.join(workdir)
+    sections = []
+    if (workdir / "report.json").exists():
+        sections.append(markdown(json.loads((workdir / "report.json").read_text())))
+    else:
+        sections.append("# jaxgrow family report\n")
+    if (workdir / "eval.json").exists():
+        table = bench_results.markdown_table(json.loads((workdir / "eval.json").read_text()))
+        if table:
+            sections.append("## Benchmarks\n\n" + table)
+    storage.atomic_write_text(workdir / "report.md", "\n".join(s.rstrip("\n") + "\n" for s in sections))
+
+
 def write(workdir: Path, report: dict, stages: list, schedules: list) -> None:
     workdir = storage.join(workdir)
     storage.atomic_write_text(workdir / "report.json", json.dumps(report, indent=2))
-    storage.atomic_write_text(workdir / "report.md", markdown(report))
+    render_markdown(workdir)
+    write_plots(workdir, report, stages, schedules)
+
+
+def write_plots(workdir: Path, report: dict, stages: list, schedules: list) -> None:
+    workdir = storage.join(workdir)
     per_member = eval_series(read_metrics(workdir))
     with storage.local_output(workdir / "eval_loss_vs_flops.png") as path:  # matplotlib writes local files
         plot_eval_vs_flops({m: {m: pts} for m, pts in per_member.items()}, path,

@@ -38,9 +38,29 @@ def check_expansions(cfg: Any, fam: list[config_lib.Member]) -> None:
             raise config_lib.ConfigError(f"expansion members.{prev.name} -> members.{cur.name}: {err}") from None
 
 
+def check_contexts(cfg: Any, fam: list[config_lib.Member]) -> None:
+    """data.seq_len fits every member's RoPE-usable context (past it two positions can no longer be told apart)."""
+    for mem in fam:
+        context = config_lib.rope_context(mem.model)
+        if cfg.data.seq_len > context:
+            raise config_lib.ConfigError(
+                f"data.seq_len={cfg.data.seq_len} exceeds member {mem.name}'s RoPE-usable context of {context} tokens "
+                f"(head_dim={mem.model.head_dim}, rope_theta={mem.model.rope_theta:g}); lower data.seq_len or raise "
+                "model.rope_theta")
+
+
 def validate(cfg: Any) -> list[config_lib.Member]:
     """The ordered members of a valid run config; ConfigError (one line naming the field) otherwise."""
     fam = config_lib.validate(cfg)
     check_peak_lrs(cfg, fam)
     check_expansions(cfg, fam)
+    check_contexts(cfg, fam)
     return fam
+
+
+def check_batch_divides(cfg: Any, mesh: Any) -> None:
+    """The global batch splits evenly over the batch-sharded mesh axes and the micro-batches (train and plan)."""
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if cfg.data.batch_size % (shards * cfg.optimizer.grad_accum_steps):
+        raise config_lib.ConfigError(f"data.batch_size={cfg.data.batch_size} must be divisible by mesh data*fsdp="
+                                     f"{shards} x optimizer.grad_accum_steps={cfg.optimizer.grad_accum_steps}")

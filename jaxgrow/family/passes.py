@@ -16,10 +16,12 @@ def windows_per_epoch(n_train_tokens: int, seq_len: int) -> int:
     return max(1, (int(n_train_tokens) - 1) // int(seq_len))
 
 
-def epochs_per_member(stages: Sequence[Any], mode: str, batch_size: int, n_train_tokens: int, seq_len: int) -> list[float]:
-    """Epochs of the training stream seen by the weights of each member (cumulative over a progressive lineage)."""
+def epochs_per_member(stages: Sequence[Any], mode: str, batch_size: int, n_train_tokens: int, seq_len: int,
+                      windows_before: int = 0) -> list[float]:
+    """Epochs of the training stream seen by the weights of each member (cumulative over a progressive lineage;
+    windows_before: what the parent of a grown run consumed of the same stream)."""
     per_epoch = windows_per_epoch(n_train_tokens, seq_len)
-    out, consumed = [], 0
+    out, consumed = [], int(windows_before)
     for s in stages:
         consumed = consumed + s.steps * batch_size if mode == "progressive" else s.steps * batch_size
         out.append(consumed / per_epoch)

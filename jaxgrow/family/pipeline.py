@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -20,7 +22,7 @@ import jax.numpy as jnp
 from jaxgrow import config as config_lib, storage
 from jaxgrow.data import corpus as corpus_lib, pipeline
 from jaxgrow.eval import report
-from jaxgrow.family import checks, passes, workdir as workdir_lib
+from jaxgrow.family import checks, lock, passes, workdir as workdir_lib
 from jaxgrow.family.budgets import StageBudget, budgets, lr_schedule, tokens_per_step
 from jaxgrow.family.growth import grow, stage_key
 from jaxgrow.family.workdir import member_dir, member_params, restore_member, stage_dir
@@ -47,13 +49,18 @@ class Setup:
     eval_batches: list
     stages: list[StageBudget]
     goodput: Any = None  # goodput.Goodput of this process's run (wall time by activity)
+    lineage: dict | None = None  # the run this one was grown from (`expand`; workdir.read_lineage)
+    finished: bool = False  # every member was already trained and reported: a rerun only re-renders the report
 
 
 def prepare(cfg: Any, workdir: Path) -> Setup:
-    """Validates everything that can be wrong with the inputs, then (only then) writes to the workdir."""
+    """Validates everything that can be wrong with the inputs (config, names, paths, the workdir's state and lock,
+    mesh and batch, data manifests and shard sizes, tokenizer), then (only then) takes the workdir's lock and writes."""
     checks.validate(cfg)
     stages = budgets(cfg)
     workdir_lib.check_workdir_writable(workdir)
+    workdir_lib.check_expand_finished(workdir)
+    lock.check_free(workdir)
     if storage.is_remote(workdir) and jax.process_count() > 1:
         raise config_lib.ConfigError(f"--workdir={workdir}: a remote workdir needs a single process (its checkpoints "
                                      "are staged on local disk); give a shared filesystem path for multi-process runs")
@@ -61,10 +68,7 @@ def prepare(cfg: Any, workdir: Path) -> Setup:
     if jax.process_count() > 1:
         log.info("mesh %s over %d processes; axes spanning processes: %s", dict(mesh.shape), jax.process_count(),
                  sharding.axes_spanning_processes(mesh))
-    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if cfg.data.batch_size % (batch_shards * cfg.optimizer.grad_accum_steps):
-        raise config_lib.ConfigError(f"data.batch_size={cfg.data.batch_size} must be divisible by mesh data*fsdp="
-                                     f"{batch_shards} x optimizer.grad_accum_steps={cfg.optimizer.grad_accum_steps}")
+    checks.check_batch_divides(cfg, mesh)
     workdir_lib.check_drift(cfg, workdir)
     stages = workdir_lib.apply_recorded(stages, workdir)  # a started stage keeps the budget it started with
     if cfg.get("eval") is not None:  # in-loop benchmarks: checked before anything is written
@@ -74,6 +78,8 @@ def prepare(cfg: Any, workdir: Path) -> Setup:
     corpus = corpus_lib.prepare(cfg.data, cfg.model.vocab_size, workdir if workdir.exists() else None)
     # -- inputs are valid: from here on the workdir is written --
     workdir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        lock.acquire(workdir)
     workdir_lib.write_config(cfg, workdir)
     if jax.process_index() == 0:
         corpus_lib.save_cache(corpus, workdir)
@@ -85,7 +91,7 @@ def prepare(cfg: Any, workdir: Path) -> Setup:
     host_batches = pipeline.eval_batches(corpus.eval, cfg.data.seq_len, cfg.data.batch_size, cfg.data.eval_batches,
                                      rows=sharding.process_rows(batch_sharding, cfg.data.batch_size))
     eval_batches = [jax.make_array_from_process_local_data(batch_sharding, b) for b in host_batches]
-    return Setup(cfg, workdir, mesh, corpus, eval_batches, stages)
+    return Setup(cfg, workdir, mesh, corpus, eval_batches, stages, lineage=workdir_lib.read_lineage(workdir))
 
 
 def expand_state(setup: Setup, prev: StageBudget, stage: StageBudget, optimizer):
@@ -105,9 +111,16 @@ def run(cfg: Any, workdir: Path, signals: faults.SignalFlag | None = None) -> Se
     gp = Goodput()
     setup = prepare(cfg, workdir)
     setup.goodput = gp
+    if all(checkpoint.has_checkpoint(member_dir(workdir, s.name)) for s in setup.stages) and \
+            storage.join(workdir, "report.json").exists():
+        log.info("%s: every member is trained and reported already; nothing to train (the report is re-rendered)",
+                 workdir)
+        setup.finished = True
+        return setup
     signals = signals or faults.SignalFlag()
     metrics_log = logs.MetricsLog(workdir)
-    flops_before, steps_before = 0.0, 0
+    flops_before = float(setup.lineage["train_flops"]) if setup.lineage else 0.0  # a grown run continues the count
+    steps_before = 0
     try:
         for stage in setup.stages:
             if checkpoint.has_checkpoint(member_dir(workdir, stage.name)):
@@ -234,12 +247,41 @@ def write_report(setup: Setup, consistency: bool = True) -> dict:
             else [None] * len(stages)
         for i, rate in enumerate(rates):
             evals[i]["draft_acceptance"] = None if rate is None else {"target": stages[i + 1].name, **rate}
-    epochs = passes.epochs_per_member(stages, cfg.mode, cfg.data.batch_size, setup.corpus.train_tokens, cfg.data.seq_len)
+    epochs = passes.epochs_per_member(stages, cfg.mode, cfg.data.batch_size, setup.corpus.train_tokens, cfg.data.seq_len,
+                                      windows_before=lineage_windows(setup))
     for ev, e in zip(evals, epochs):
         ev["epochs"] = e
-    result = report.build(cfg, stages, evals, budgets(cfg, "independent"))  # stages: as recorded at their start
+    faults.point("report_writing")
+    result = report.build(cfg, stages, evals, budgets(cfg, "independent"), setup.lineage)  # stages: as recorded
     if setup.goodput is not None:
         result["goodput"] = setup.goodput.summary()
     if jax.process_index() == 0:
         report.write(setup.workdir, result, stages, [lr_schedule(cfg, s) for s in stages])
     return result
+
+
+def lineage_windows(setup: Setup) -> int:
+    """Training windows the parent of a grown run consumed on this run's own data (its passes count in this run's
+    epochs: the data iterator continues where the parent's stopped), else 0."""
+    lin = setup.lineage
+    if not lin or not lin.get("data") or lin["data"].get("data_config") is None:
+        return 0
+    parent_data, data = lin["data"]["data_config"], setup.cfg.data
+    same = (parent_data.get("train_files") == data.train_files and parent_data.get("seq_len") == data.seq_len
+            and lin["data"].get("tokenizer_sha256") == hashlib.sha256(setup.corpus.tokenizer.to_str().encode()).hexdigest())
+    return int(lin["data"]["windows_consumed"]) if same else 0
+
+
+def render_finished(setup: Setup) -> dict:
+    """The rerun of a finished run: report.md and the plots re-rendered from report.json and eval.json (every section
+    from its source, nothing recomputed)."""
+    result = json.loads(storage.join(setup.workdir, "report.json").read_text())
+    if jax.process_index() == 0:
+        report.render_markdown(setup.workdir)
+        report.write_plots(setup.workdir, result, setup.stages, [lr_schedule(setup.cfg, s) for s in setup.stages])
+    return result
+
+
+def finish(setup: Setup) -> None:
+    """Ends a run: the workdir's lock is released."""
+    lock.release(setup.workdir)

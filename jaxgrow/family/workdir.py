@@ -14,9 +14,9 @@ The workdir may be local or remote (gs://, s3://): every path here is built with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -45,19 +45,8 @@ def member_dir(workdir: Path, name: str) -> epath.Path:
 
 
 def check_writable(path: Path | epath.Path, flag: str = "--workdir") -> None:
-    """Raises InputError if `path` cannot be created or written (creates nothing)."""
-    if storage.is_remote(path):
-        storage.check_bucket(path, flag)
-        return
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise config_lib.InputError(f"{flag}={path} exists and is not a directory")
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise config_lib.ConfigError(f"{flag}={path} is not writable ({probe} is not a writable directory); "
-                                     "choose a directory you can write to")
+    """Raises InputError if `path` cannot be created or written (leaves nothing behind)."""
+    storage.check_writable(path, flag)
 
 
 def check_workdir_writable(workdir: Path) -> None:
@@ -116,13 +105,112 @@ def apply_recorded(stages: list[StageBudget], workdir: Path) -> list[StageBudget
     return out
 
 
-def load_setup_for_eval(workdir: Path) -> tuple[Any, list[StageBudget]]:
-    """The saved config and stage budgets (as recorded when each stage started) of an existing workdir."""
+def read_run_config(workdir: Path, flag: str = "--workdir") -> Any:
+    """The saved config of an existing workdir, checked: a missing, unreadable, non-JSON or keyless config.json is
+    one line naming the file."""
     path = storage.join(workdir, "config.json")
     if not path.exists():
-        raise config_lib.ConfigError(f"--workdir={workdir} holds no run (no config.json); train first")
-    cfg = ml_collections.ConfigDict(json.loads(path.read_text()))
+        raise config_lib.ConfigError(f"{flag}={workdir} holds no run (no config.json); train first")
+    try:
+        saved = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise config_lib.ConfigError(f"{path} is not valid JSON ({type(e).__name__}); the run's config is damaged: "
+                                     "restore it, or rerun train with its --config and --config.allow_config_change=True"
+                                     ) from None
+    missing = [k for k in ("model", "members", "data", "mode", "budget", "lr") if not isinstance(saved, dict)
+               or k not in saved]
+    if missing:
+        raise config_lib.ConfigError(f"{path} lacks {missing}; not a jaxgrow run config (rerun train with its --config "
+                                     "and --config.allow_config_change=True)")
+    cfg = config_lib.base_config()
+    try:
+        cfg.update(ml_collections.ConfigDict(saved))
+        config_lib.validate(cfg)
+    except (config_lib.ConfigError, TypeError, KeyError, AttributeError) as e:
+        raise config_lib.ConfigError(f"{path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return cfg
+
+
+def load_setup_for_eval(workdir: Path) -> tuple[Any, list[StageBudget]]:
+    """The saved config and stage budgets (as recorded when each stage started) of an existing workdir."""
+    cfg = read_run_config(workdir)
     return cfg, apply_recorded(budgets(cfg), workdir)
+
+
+# ----------------------------------------------------------------------------------------------
+# Lineage: a workdir made by `expand` records the run it grew from (lineage.json), written first (incomplete) and
+# completed last, so an interrupted expand is detected, and reports count the parent's compute and data.
+
+LINEAGE_FILE = "lineage.json"
+
+
+def read_lineage(workdir: Path) -> dict | None:
+    path = storage.join(workdir, LINEAGE_FILE)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise config_lib.InputError(f"{path} is damaged (not JSON); rerun the expand command that made "
+                                    f"{workdir}") from None
+
+
+def write_lineage(workdir: Path, lineage: dict, complete: bool) -> None:
+    if jax.process_index() == 0:
+        storage.atomic_write_text(storage.join(workdir, LINEAGE_FILE), json.dumps(dict(lineage, complete=complete),
+                                                                                  indent=2))
+
+
+def check_expand_finished(workdir: Path) -> None:
+    """A half-expanded workdir must not train from a random init: its expand is finished by rerunning it."""
+    lineage = read_lineage(workdir)
+    if lineage is not None and not lineage.get("complete"):
+        raise config_lib.InputError(f"--workdir={workdir} holds an interrupted expand of "
+                                    f"{lineage['parent']['checkpoint']}; finish it with the same command: "
+                                    f"{lineage.get('command', 'jaxgrow expand --config ... --from ... --workdir ...')}")
+
+
+def parent_lineage(from_dir: Path, step: int, meta: dict, cfg: Any) -> dict:
+    """What `expand --from from_dir` grows from: the parent workdir, member, step, the train FLOPs and tokens that
+    produced that checkpoint (its stages in the parent run, plus the parent's own lineage), and the data it saw
+    (tokenizer hash, data config, windows consumed), with a key that identifies this expansion for resuming it."""
+    from_dir = storage.as_path(str(from_dir), "--from")
+    parent = from_dir.parent.parent  # <run>/members/<name> or <run>/stages/<k>-<name>
+    k, member = int(meta.get("stage", 0)), meta.get("member")
+    flops = tokens = 0.0
+    parent_cfg = None
+    if storage.join(parent, "config.json").exists():
+        parent_cfg = read_run_config(parent, "--from")
+        recorded = recorded_budgets(parent)
+        names = [m.name for m in config_lib.members(parent_cfg)]
+        first = k if parent_cfg.mode == "independent" else 0
+        for i in range(first, k + 1):
+            r = recorded.get(names[i]) if i < len(names) else None
+            if r is None:
+                continue
+            share = 1.0 if i < k else min(1.0, step / max(r["steps"], 1))  # a mid-stage checkpoint: its share
+            flops += share * r["train_flops"]
+            tokens += share * r["tokens"]
+        grand = read_lineage(parent)
+        if grand is not None and parent_cfg.mode == "progressive":
+            flops += grand["train_flops"]
+            tokens += grand["tokens"]
+    tok_path = storage.join(parent, "tokenizer.json")
+    data_state = meta.get("data_state") or {}
+    batch = parent_cfg.data.batch_size if parent_cfg is not None else cfg.data.batch_size
+    key = hashlib.sha256(json.dumps({"from": str(from_dir), "step": int(step), "config": json.loads(cfg.to_json())},
+                                    sort_keys=True).encode()).hexdigest()
+    return {
+        "key": key,
+        "parent": {"workdir": str(parent), "checkpoint": str(from_dir), "member": member, "stage": k, "step": int(step),
+                   "mode": parent_cfg.mode if parent_cfg is not None else None},
+        "train_flops": float(flops), "tokens": float(tokens),
+        "data": {"tokenizer_sha256": hashlib.sha256(tok_path.read_bytes()).hexdigest() if tok_path.exists() else None,
+                 "data_config": parent_cfg.data.to_dict() if parent_cfg is not None else None,
+                 "windows_consumed": int(data_state.get("next_index", 0)) * int(batch),
+                 "seq_len": parent_cfg.data.seq_len if parent_cfg is not None else None},
+        "command": None,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,13 +240,35 @@ def select_members(workdir: Path, member: str | None) -> tuple[Any, list[StageBu
 
 
 def restore_member(workdir: Path, stage: StageBudget, optimizer, mesh, with_opt: bool = True):
-    """(params, opt_state | None, meta) of a finished member, restored onto its shardings."""
+    """(params, opt_state | None, meta) of a finished member, restored onto its shardings.
+
+    A damaged member checkpoint (checksums, unreadable files) is quarantined to members/<name>/corrupt/<step> and
+    rebuilt from the stage's final checkpoint (stages/<k>-<name>/<steps>: the same state, saved at the same step);
+    when that is gone too, one line says which path is damaged and how to retrain it."""
     abstract = trainer.abstract_state(stage.model, optimizer, mesh)
-    ckpts = checkpoint.Checkpoints(member_dir(workdir, stage.name))
+    directory = member_dir(workdir, stage.name)
+    ckpts = checkpoint.Checkpoints(directory)
     step = ckpts.latest_step()
-    params, opt_state, meta = ckpts.restore(step, abstract.params, abstract.opt_state if with_opt else None)
-    ckpts.close()
-    return params, opt_state, meta
+    try:
+        return ckpts.restore(step, abstract.params, abstract.opt_state if with_opt else None)
+    except checkpoint.CorruptCheckpoint as e:
+        ckpts.quarantine(step)
+        final = stage_dir(workdir, stage)
+        if step != stage.steps or not checkpoint.step_is_committed(final, stage.steps):
+            raise config_lib.InputError(
+                f"{directory}/{step} is damaged ({e}); it was moved to {directory}/corrupt/{step} and stage "
+                f"{stage.index}'s final checkpoint {final}/{stage.steps} is not there to rebuild it from: rerun "
+                f"train with the run's config to retrain {stage.name} from its last good stage checkpoint") from None
+        log.warning("member checkpoint %s/%d is damaged (%s); moved to %s/corrupt/%d and rebuilt from %s/%d", directory,
+                    step, e, directory, step, final, stage.steps)
+        checkpoint.copy_step(final, directory, stage.steps)
+    finally:
+        ckpts.close()
+    rebuilt = checkpoint.Checkpoints(directory)
+    try:
+        return rebuilt.restore(stage.steps, abstract.params, abstract.opt_state if with_opt else None)
+    finally:
+        rebuilt.close()
 
 
 def member_params(workdir: Path, stage: StageBudget, mesh=None) -> dict:

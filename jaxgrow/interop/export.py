@@ -165,10 +165,12 @@ def write_streamed(params: dict, model_cfg: Any, out_dir: str | Path, dtype: str
 
 def save_pretrained(params: dict, model_cfg: Any, out_dir: str | Path, tokenizer: Any = None,
                     max_shard_bytes: int = 2 * 10**9, max_position_embeddings: int | None = None,
-                    dtype: str = "float32") -> Path:
+                    dtype: str = "float32", *, eos_token: str | None = None, bos_token: str | None = None) -> Path:
     """hf.save_pretrained with the weights streamed from (sharded) params by `write_streamed`:
-    config.json, tokenizer and generation config as there, and no whole-model gather."""
+    config.json, tokenizer (with the run's eos_token / bos_token) and generation config as there,
+    and no whole-model gather."""
 
     return hf.save_pretrained(
         params, model_cfg, out_dir, tokenizer, max_shard_bytes, max_position_embeddings, dtype,
-        write_weights=lambda d: write_streamed(params, model_cfg, d, dtype=dtype, max_shard_bytes=max_shard_bytes))
+        write_weights=lambda d: write_streamed(params, model_cfg, d, dtype=dtype, max_shard_bytes=max_shard_bytes),
+        eos_token=eos_token, bos_token=bos_token)

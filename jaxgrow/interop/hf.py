@@ -31,8 +31,9 @@ RMSNorm x * rsqrt(mean(x^2) + eps) * weight, SwiGLU and GQA with query head h re
 h // (H/K). The mapping is exact (transposes and reshapes only), so import -> export -> import is
 the identity. Config: intermediate_size = ffn_size, num_key_value_heads = num_kv_heads,
 head_dim, rope_parameters.rope_theta (and the legacy rope_theta), rms_norm_eps = norm_eps,
-tie_word_embeddings, no biases, hidden_act silu, no rope scaling; bos/eos = the tokenizer's
-<|endoftext|> id (the document separator of our data pipeline).
+tie_word_embeddings, no biases, hidden_act silu, no rope scaling; eos/bos = the run's data.eos_token /
+data.bos_token (default: the EOS the data pipeline picks, no BOS) in config.json, generation_config.json
+and the tokenizer files, so `generate` stops where the model learned to end a document.
 
 Transformers >= 5 requires hidden_size % num_attention_heads == 0 in LlamaConfig even though
 head_dim is explicit; such exports are still written (we and older transformers read them), with a
@@ -61,7 +62,7 @@ from tokenizers import Tokenizer
 
 from jaxgrow import config as config_lib, storage
 from jaxgrow.config import InputError, rope_context
-from jaxgrow.data.tokenizers import DEFAULT_EOS as EOS
+from jaxgrow.data import tokenizers as tokenizers_lib
 from jaxgrow.model import layout
 
 
@@ -170,6 +171,11 @@ def from_hf_tensors(tensors: dict[str, np.ndarray], model_cfg: Any, source: str 
             if name not in tensors:
                 raise HFError(f"{source}: tensor {name} is missing")
             w = tensors[name]
+            if not np.issubdtype(np.asarray(w).dtype, np.floating):
+                raise HFError(f"{source}: tensor {name} has dtype {np.asarray(w).dtype}; weights must be floating "
+                              "point (F32, F16 or BF16)")
+            if not np.isfinite(w).all():
+                raise HFError(f"{source}: tensor {name} has non-finite values (NaN or inf); refusing to import it")
             if tuple(w.shape) != _hf_shape(spec):
                 raise HFError(f"{source}: tensor {name} has shape {list(w.shape)}, config.json implies "
                               f"{list(_hf_shape(spec))}")
@@ -193,7 +199,7 @@ EXPORT_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 
 def hf_config(model_cfg: Any, eos_id: int | None = None, max_position_embeddings: int = DEFAULT_MAX_POSITIONS,
-              dtype: str = "float32") -> dict:
+              dtype: str = "float32", bos_id: int | None = None) -> dict:
     """The config.json of an HF `LlamaForCausalLM` equivalent to our model config."""
     m = model_cfg
     theta = float(m.rope_theta)
@@ -220,7 +226,7 @@ def hf_config(model_cfg: Any, eos_id: int | None = None, max_position_embeddings
         "pretraining_tp": 1,
         "tie_word_embeddings": bool(m.tie_embeddings),
         "use_cache": True,
-        "bos_token_id": eos_id,
+        "bos_token_id": bos_id,
         "eos_token_id": eos_id,
         "pad_token_id": None,
         "torch_dtype": dtype,
@@ -400,18 +406,52 @@ def _as_tokenizer(tokenizer: Any):
     return Tokenizer.from_file(str(tokenizer))
 
 
-def write_tokenizer(tokenizer: Any, out_dir: Path, model_max_length: int) -> None:
-    """tokenizer.json + tokenizer_config.json (PreTrainedTokenizerFast) + special_tokens_map.json."""
+def special_tokens(tok: Any, eos_token: str | None = None, bos_token: str | None = None) -> dict:
+    """{"eos_token", "eos_token_id", "bos_token", "bos_token_id"} of an export (None where absent).
+    eos_token default: the data pipeline's rule (the first of data.tokenizers.EOS_CANDIDATES the
+    tokenizer has); bos_token default: none, as data.bos_token. Raises HFError for a token the
+    tokenizer does not have."""
+    out: dict[str, Any] = {"eos_token": None, "eos_token_id": None, "bos_token": None, "bos_token_id": None}
+    if tok is None:
+        return out
+    for kind, token in (("eos", eos_token or tokenizers_lib.default_eos_token(tok)), ("bos", bos_token)):
+        if token:
+            token_id = tok.token_to_id(token)
+            if token_id is None:
+                raise HFError(f"{kind}_token={token!r} (data.{kind}_token) is not a token of the exported tokenizer; "
+                              "give one it has")
+            out[f"{kind}_token"], out[f"{kind}_token_id"] = token, int(token_id)
+    return out
+
+
+def _with_bos(tok: Any, bos: str, bos_id: int):
+    """A copy of `tok` whose encode prepends BOS, as the run's documents began: transformers' generic
+    tokenizer takes that from tokenizer.json's post-processor (it ignores add_bos_token)."""
+    from tokenizers import processors  # noqa: PLC0415
+
+    tok = Tokenizer.from_str(tok.to_str())
+    template = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)])
+    byte_level = isinstance(tok.post_processor, processors.ByteLevel)  # keep its offset handling
+    tok.post_processor = processors.Sequence([tok.post_processor, template]) if byte_level else template
+    return tok
+
+
+def write_tokenizer(tokenizer: Any, out_dir: Path, model_max_length: int, eos_token: str | None = None,
+                    bos_token: str | None = None) -> None:
+    """tokenizer.json + tokenizer_config.json (PreTrainedTokenizerFast) + special_tokens_map.json,
+    with the EOS/BOS of `special_tokens` (add_bos_token exactly when there is a BOS)."""
     tok = _as_tokenizer(tokenizer)
+    sp = special_tokens(tok, eos_token, bos_token)
+    if sp["bos_token"]:
+        tok = _with_bos(tok, sp["bos_token"], sp["bos_token_id"])
     tok.save(str(out_dir / "tokenizer.json"))
-    has_eos = tok.token_to_id(EOS) is not None
-    special = {"bos_token": EOS, "eos_token": EOS} if has_eos else {}
+    special = {k: sp[k] for k in ("bos_token", "eos_token") if sp[k]}
     added = {str(i): {"content": t.content, "lstrip": t.lstrip, "rstrip": t.rstrip, "normalized": t.normalized,
                       "single_word": t.single_word, "special": t.special}
              for i, t in sorted(tok.get_added_tokens_decoder().items())}
     _write_json(out_dir / "tokenizer_config.json", {
         "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": int(model_max_length),
-        "clean_up_tokenization_spaces": False, "add_bos_token": False, "add_eos_token": False,
+        "clean_up_tokenization_spaces": False, "add_bos_token": bool(sp["bos_token"]), "add_eos_token": False,
         "added_tokens_decoder": added, **special})
     _write_json(out_dir / "special_tokens_map.json", special)
 
@@ -426,14 +466,18 @@ def check_export_args(max_position_embeddings: int | None, dtype: str) -> None:
 def save_pretrained(params: dict, model_cfg: Any, out_dir: str | Path, tokenizer: Any = None,
                     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
                     max_position_embeddings: int | None = None, dtype: str = "float32",
-                    write_weights: Callable[[Path], Any] | None = None) -> Path:
+                    write_weights: Callable[[Path], Any] | None = None, *, eos_token: str | None = None,
+                    bos_token: str | None = None) -> Path:
     """Writes `out_dir` as an HF LlamaForCausalLM checkpoint loadable by `from_pretrained(out_dir)`.
 
     params: our layout (jax or numpy arrays; gathered to host as float32). tokenizer: a
-    `tokenizers.Tokenizer` or a tokenizer.json path; its <|endoftext|> id becomes bos/eos.
+    `tokenizers.Tokenizer` or a tokenizer.json path. eos_token / bos_token: the run's
+    data.eos_token / data.bos_token; their ids (see `special_tokens` for the defaults) go into
+    config.json and generation_config.json, the strings into the tokenizer files.
     max_shard_bytes: weights larger than this are split into shards plus an index file.
     max_position_embeddings: written to config.json and as the tokenizer's model_max_length
-    (default: the model's RoPE-usable context, config.rope_context; not data.seq_len).
+    (the export command passes the trained data.seq_len; default here: the model's RoPE-usable
+    context, config.rope_context).
     dtype: "float32" (exact) or "bfloat16" (weights rounded to nearest; half the bytes).
     write_weights: writes the safetensors files into out_dir instead of converting `params` here
     on the host (jaxgrow.interop.export.save_pretrained streams sharded params tensor by tensor).
@@ -448,17 +492,18 @@ def save_pretrained(params: dict, model_cfg: Any, out_dir: str | Path, tokenizer
         log.warning("hf: hidden_size=%d is not divisible by num_heads=%d; transformers >= 5 refuses such a "
                     "LlamaConfig", model_cfg.hidden_size, model_cfg.num_heads)
     tok = _as_tokenizer(tokenizer)
-    eos_id = tok.token_to_id(EOS) if tok is not None else None
+    sp = special_tokens(tok, eos_token, bos_token)  # before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
     if write_weights is not None:
         write_weights(out_dir)
     else:
         tensors = {k: v.astype(EXPORT_DTYPES[dtype]) for k, v in to_hf_tensors(params, model_cfg).items()}
         write_safetensors(tensors, out_dir, max_shard_bytes)
-    _write_json(out_dir / "config.json", hf_config(model_cfg, eos_id, max_position_embeddings, dtype))
-    _write_json(out_dir / "generation_config.json", {"bos_token_id": eos_id, "eos_token_id": eos_id})
+    _write_json(out_dir / "config.json", hf_config(model_cfg, sp["eos_token_id"], max_position_embeddings, dtype,
+                                                   bos_id=sp["bos_token_id"]))
+    _write_json(out_dir / "generation_config.json", {"bos_token_id": sp["bos_token_id"], "eos_token_id": sp["eos_token_id"]})
     if tok is not None:
-        write_tokenizer(tok, out_dir, max_position_embeddings)
+        write_tokenizer(tok, out_dir, max_position_embeddings, sp["eos_token"], sp["bos_token"])
     return out_dir
 
 

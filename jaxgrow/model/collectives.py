@@ -10,15 +10,16 @@ collective kind (all-gather, reduce-scatter, all-reduce, all-to-all, collective-
           all-gather/reduce-scatter/all-to-all (g-1)/g * bytes, all-reduce 2(g-1)/g * bytes,
           collective-permute bytes.
 
-`analytic_traffic` is the textbook estimate of the same per-device traffic (ZeRO-3/FSDP + Megatron
-tensor parallelism), so `plan` can show both before anyone rents a pod.
+`analytic_traffic` estimates the same per-device traffic from the shapes alone (ZeRO-3/FSDP + Megatron
+tensor parallelism, with the micro-batch loop and the lowering choices XLA makes for our step), so
+`plan` can show both, and their ratio, before anyone rents a pod.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 
 KINDS = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
@@ -122,23 +123,59 @@ def hlo_collectives(hlo_text: str) -> dict[str, dict[str, float]]:
     return totals
 
 
-def analytic_traffic(model_cfg: Any, mesh_shape: dict[str, int], batch_size: int, seq_len: int,
-                     param_shard_bytes: list[tuple[int, bool]]) -> dict[str, float]:
-    """Textbook per-device bytes sent per train step (ring algorithms).
+class ParamShard(NamedTuple):
+    """One parameter as `analytic_traffic` sees it."""
 
-    param_shard_bytes: (bytes of this device's shard, whether the param is split over fsdp) per param.
-    fsdp:   every fsdp-split param is all-gathered for the forward and again for the backward, and its
-            gradient reduce-scattered: 3 * shard * (f - 1).
-    data:   gradients all-reduced over the data axis: 2 * shard * (d - 1) / d.
-    tensor: Megatron: per layer two all-reduces of the [b, T, D] activations forward and two backward
-            (two more forward when the block is rematerialised), plus the vocab-parallel embedding
-            (forward) and LM head input gradient (backward); each 2 (t - 1) / t * b T D bytes.
+    bytes: int        # this device's shard (float32 storage)
+    fsdp_split: bool  # split over the fsdp axis (so all-gathered before use)
+    per_layer: bool   # stacked on the `layers` axis (used inside the layer scan)
+
+
+def analytic_traffic(model_cfg: Any, mesh_shape: dict[str, int], batch_size: int, seq_len: int,
+                     params: list[ParamShard], *, grad_accum_steps: int = 1,
+                     backend: str = "tpu") -> dict[str, float]:
+    """Per-device bytes sent per train step (ring algorithms), modelled on what XLA compiles for our
+    step (checked against `hlo_collectives` in tests/test_model_collectives.py).
+
+    A = grad_accum_steps micro-batches run in a loop (trainer.make_train_step), and the loop keeps
+    everything that happens inside the layer scan: per micro-batch, every per-layer parameter split
+    over fsdp is all-gathered for the forward, again for the backward and, with remat_policy="full",
+    a third time for the recomputed forward; its gradient is reduced before it is added to the
+    (sharded) accumulator. The other parameters (embedding, LM head, final norm) are loop invariant,
+    so XLA hoists their gathers out of the loop: two per step whatever A is.
+      fsdp_gather:  shard * (f - 1) per gather
+      fsdp_reduce:  A * shard * (f - 1) as reduce-scatters (TPU/GPU). XLA:CPU has no reduce-scatter:
+                    it all-reduces the whole gradient and slices it, twice the traffic. Parameters
+                    not split over fsdp are all-reduced over it: A * 2 * shard * (f - 1) / f.
+      data:         the gradient shard all-reduced over the data axis per micro-batch:
+                    A * 2 * shard * (d - 1) / d.
+      tensor:       per layer and micro-batch, the [b, T, D] activations are all-reduced after the
+                    o_proj and down_proj (forward), after the input gradients of q, k and v (three:
+                    our projections are separate matmuls and XLA reduces each) and of gate and up
+                    (two) in the backward, and after o/down again when the block is recomputed; plus
+                    the vocab-parallel embedding (forward) and the LM head's input gradient. Each is
+                    2 (t - 1) / t * b T D bytes, with b the micro-batch rows per device. Activations
+                    are in the compute dtype; XLA:CPU computes bfloat16 matmuls in float32, so on
+                    "cpu" they are 4 bytes whatever model.dtype says.
+    backend: "cpu" models XLA:CPU's lowering (what `plan` compiles on forced host devices);
+    anything else the accelerators'.
     """
     d, f, t = (mesh_shape.get(a, 1) for a in ("data", "fsdp", "tensor"))
-    fsdp = sum(3 * b * (f - 1) for b, split in param_shard_bytes if split)
-    data = sum(2 * b * (d - 1) / d for b, _ in param_shard_bytes)
-    act_bytes = 2 if model_cfg.dtype == "bfloat16" else 4
-    per_layer = 4 + (2 if model_cfg.remat_policy != "none" else 0)
-    activation = (batch_size // (d * f)) * seq_len * model_cfg.hidden_size * act_bytes
-    tensor = (model_cfg.num_layers * per_layer + 2) * 2 * (t - 1) / t * activation
-    return {"fsdp": float(fsdp), "data": float(data), "tensor": float(tensor), "total": float(fsdp + data + tensor)}
+    a = int(grad_accum_steps)
+    cpu = backend == "cpu"
+    recompute = model_cfg.remat_policy == "full"
+    gather = reduce = data = 0.0
+    for p in params:
+        if p.fsdp_split:
+            gathers = a * (3 if recompute else 2) if p.per_layer else 2
+            gather += gathers * p.bytes * (f - 1)
+            reduce += a * p.bytes * (f - 1) * (2 if cpu else 1)
+        else:
+            reduce += a * 2 * p.bytes * (f - 1) / f
+        data += a * 2 * p.bytes * (d - 1) / d
+    act_bytes = 4 if cpu or model_cfg.dtype != "bfloat16" else 2
+    per_layer = 2 + 5 + (2 if recompute else 0)
+    activations = (batch_size // (d * f)) * seq_len * model_cfg.hidden_size * act_bytes  # summed over micro-batches
+    tensor = (model_cfg.num_layers * per_layer + 2) * 2 * (t - 1) / t * activations
+    out = {"fsdp_gather": gather, "fsdp_reduce": reduce, "fsdp": gather + reduce, "data": data, "tensor": tensor}
+    return {**{k: float(v) for k, v in out.items()}, "total": float(gather + reduce + data + tensor)}

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -120,22 +119,11 @@ def is_damage(e: BaseException) -> bool:
     return True
 
 
-_STAGING_PREFIX = "jaxgrow-ckpt-staging-"
-
-
 def _staging_dir() -> Path:
-    """A fresh local staging directory named after this process; those of dead processes (a SIGKILL
-    leaves up to a whole checkpoint behind) are removed first."""
-    root = Path(tempfile.gettempdir())
-    for old in root.glob(f"{_STAGING_PREFIX}*-*"):
-        try:
-            pid = int(old.name[len(_STAGING_PREFIX):].split("-")[0])
-            os.kill(pid, 0)  # raises if no such process
-        except ProcessLookupError:
-            shutil.rmtree(old, ignore_errors=True)
-        except (ValueError, PermissionError):
-            pass  # not ours to judge: another user's process, or a name we did not write
-    return Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-"))
+    """A fresh local staging directory of this process; those of dead processes (a SIGKILL leaves up to a whole
+    checkpoint behind) are removed first."""
+    storage.sweep_scratch("ckpt-staging")
+    return storage.scratch_dir("ckpt-staging")
 
 
 class Checkpoints:
@@ -155,9 +143,26 @@ class Checkpoints:
             local_dir, keep, async_save = self._staging, None, False  # staging holds at most one step at a time
         else:
             self.directory = local_dir = Path(directory).absolute()  # orbax refuses relative paths
+        if not self.remote:
+            self._quarantine_incomplete()
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                                cleanup_tmp_directories=True, create=True)
         self._mgr = ocp.CheckpointManager(local_dir, options=options, item_names=ITEMS)
+
+    def _quarantine_incomplete(self) -> None:
+        """A finalized step directory that lacks an item (a deleted or lost `meta`, say) is not a checkpoint: it is
+        moved aside to corrupt/<step> (kept, never deleted) so the step can be saved again instead of failing with
+        StepAlreadyExistsError on every rerun."""
+        if jax.process_index() != 0 or not self.directory.is_dir():
+            return
+        for d in sorted(self.directory.iterdir()):
+            if d.is_dir() and d.name.isdigit() and not all((d / item).exists() for item in ITEMS):
+                dest = self.directory / "corrupt" / d.name
+                log.warning("checkpoint %s lacks %s; moved to %s", d, [i for i in ITEMS if not (d / i).exists()], dest)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if dest.exists():
+                    shutil.rmtree(dest)
+                shutil.move(str(d), str(dest))
 
     def steps(self) -> list[int]:
         if self.remote:
@@ -284,6 +289,10 @@ class Checkpoints:
                 self._quarantine(step)
         return None
 
+    def quarantine(self, step: int) -> None:
+        """Moves step `step` aside to <dir>/corrupt/<step> (kept for inspection, never deleted)."""
+        self._quarantine(step)
+
     def _quarantine(self, step: int) -> None:
         if jax.process_index() == 0:
             if self.remote:
@@ -326,4 +335,31 @@ def has_checkpoint(directory: str | Path | epath.Path) -> bool:
     d = Path(directory)
     if not d.is_dir():
         return False
-    return any(p.is_dir() and p.name.isdigit() and (p / "meta").exists() for p in d.iterdir())
+    return any(p.is_dir() and p.name.isdigit() and all((p / item).exists() for item in ITEMS) for p in d.iterdir())
+
+
+def step_is_committed(directory: str | Path | epath.Path, step: int) -> bool:
+    """Whether `directory` holds a whole step `step` (every item; remote: its commit marker)."""
+    if storage.is_remote(directory):
+        return step in committed_steps(directory)
+    d = Path(str(directory)) / str(step)
+    return d.is_dir() and all((d / item).exists() for item in ITEMS)
+
+
+def copy_step(src_dir: str | Path | epath.Path, dst_dir: str | Path | epath.Path, step: int) -> None:
+    """Copies committed step `step` of one checkpoint directory into another, all-or-nothing: locally into a
+    temporary sibling that is renamed into place, remotely every object first and the commit marker last."""
+    src, dst = storage.join(src_dir, str(step)), storage.join(dst_dir, str(step))
+    files = storage.list_files(src)
+    if storage.is_remote(dst):
+        storage.remove_tree(dst)
+        for rel in sorted(files, key=lambda r: r == COMMIT_MARKER):
+            storage.copy_file(storage.join(src, rel), storage.join(dst, rel))
+        return
+    dst = Path(str(dst))
+    tmp = dst.with_name(f"{dst.name}.tmp-copy")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(str(src), tmp)
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)

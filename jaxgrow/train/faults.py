@@ -7,17 +7,20 @@ Fault injection: die (or get SIGTERM) at a named point of a run.
 
 Points: train_step (after a step's update), checkpoint_saving (a stage checkpoint write started,
 async: not yet committed), member_saving (a member checkpoint write started), expanding (inside an
-expansion, between the params and the optimizer state). Unset in normal runs: then `point()` is a
-dictionary lookup and nothing else.
+expansion, between the params and the optimizer state), tokenize_unit (a tokenize unit's shards written, its record
+not yet: `tokenize` and the in-run tokenization of raw text), expand_saving (`expand` wrote its lineage record and
+config, not yet the grown checkpoint), export_writing (`export` wrote one member, not yet the next), report_writing
+(the family's members are evaluated, report.json not yet written). Unset in normal runs: then `point()` is an
+environment lookup and nothing else.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
-import os
 import signal
 import threading
+
+from jaxgrow import storage
 
 
 log = logging.getLogger("jaxgrow")
@@ -25,20 +28,7 @@ log = logging.getLogger("jaxgrow")
 
 
 
-_counts: collections.Counter = collections.Counter()
-
-
-def point(name: str) -> None:
-    spec = os.environ.get("JAXGROW_FAULT")
-    if not spec:
-        return
-    parts = spec.split(":")
-    if parts[0] != name:
-        return
-    _counts[name] += 1
-    if _counts[name] == int(parts[1]):
-        sig = {"TERM": signal.SIGTERM, "INT": signal.SIGINT}.get(parts[2] if len(parts) > 2 else "", signal.SIGKILL)
-        os.kill(os.getpid(), sig)
+point = storage.fault_point  # the one implementation (storage.py), so the data wing can mark points too
 
 
 # ----------------------------------------------------------------------------------------------

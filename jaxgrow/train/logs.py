@@ -7,7 +7,6 @@ import json
 import logging
 import shutil
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -15,13 +14,19 @@ from pathlib import Path
 from jaxgrow import storage
 
 
-NOISY = ("absl", "orbax", "jax._src", "tensorflow")
+# Libraries whose INFO lines (request retries, credential lookups, compilation caches, ...) are not the user's
+# business; `--verbosity=1` (absl's flag) lets them through.
+NOISY = ("absl", "orbax", "jax._src", "jax", "tensorflow", "botocore", "boto3", "s3fs", "gcsfs", "fsspec", "aiobotocore",
+         "urllib3", "google", "google.auth", "grain", "tensorstore", "asyncio", "filelock", "httpx", "huggingface_hub")
 
 
-def setup(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, format="jaxgrow: %(message)s", stream=sys.stderr, force=True)
+def setup(level: int = logging.INFO, verbosity: int = -1) -> None:
+    """`jaxgrow: message` lines on stderr; library loggers at WARNING unless verbosity >= 1 (then everything at
+    DEBUG)."""
+    logging.basicConfig(level=logging.DEBUG if verbosity >= 1 else level, format="jaxgrow: %(message)s",
+                        stream=sys.stderr, force=True)
     for name in NOISY:
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(logging.DEBUG if verbosity >= 1 else logging.WARNING)
 
 
 class MetricsLog:
@@ -55,17 +60,22 @@ class MetricsLog:
             from tensorboardX import SummaryWriter  # noqa: PLC0415
 
             if self._remote:
-                self._lines = self._path.read_bytes() if self._path.exists() else b""
-                if self._lines and not self._lines.endswith(b"\n"):
-                    self._lines += b"\n"
+                self._lines = _without_torn_tail(self._path.read_bytes() if self._path.exists() else b"")
                 self._tb_remote = storage.join(workdir, "tb")
-                self._tb_local = tempfile.mkdtemp(prefix="jaxgrow-tb-")
+                storage.sweep_scratch("tb")  # mirrors of killed runs (their events were uploaded up to a minute ago)
+                self._tb_local = str(storage.scratch_dir("tb"))
                 self._tb_uploaded = time.monotonic()
                 # event files are named by the second and host: a suffix keeps a quick restart's
                 # file from overwriting the previous process's object in the bucket
                 self._tb = SummaryWriter(self._tb_local, filename_suffix=f".{uuid.uuid4().hex[:8]}")
             else:
-                self._tb = SummaryWriter(str(Path(self._path).parent / "tb"))
+                local = Path(self._path)
+                if local.exists():  # a record torn by a kill or a full disk is cut off, so appends stay whole
+                    data = local.read_bytes()
+                    if data and not data.endswith(b"\n"):
+                        with open(local, "r+b") as f:
+                            f.truncate(len(_without_torn_tail(data)))
+                self._tb = SummaryWriter(str(local.parent / "tb"))
 
     @staticmethod
     def global_step(record: dict) -> int:
@@ -101,3 +111,10 @@ class MetricsLog:
                 self._upload_tb()
                 shutil.rmtree(self._tb_local, ignore_errors=True)
             self._tb = None
+
+
+def _without_torn_tail(data: bytes) -> bytes:
+    """JSON-lines bytes without a final record that has no newline (torn mid-write: it was never completed)."""
+    if not data or data.endswith(b"\n"):
+        return data
+    return data[:data.rfind(b"\n") + 1]

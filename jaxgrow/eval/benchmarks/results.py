@@ -69,14 +69,3 @@ def markdown_table(eval_json: dict) -> str:
         lines += ["", f"Standard errors after ±. Items per task limited to {sorted(limits, key=str)}; shots "
                       f"{sorted(shots, key=str)}. Chance: hellaswag/arc/mmlu 0.25, piqa/winogrande 0.5.", ""]
     return "\n".join(lines)
-
-
-REPORT_MARKER = "\n## Benchmarks\n"
-
-
-def write_report_section(workdir: Path, eval_json: dict) -> None:
-    """Replaces the benchmark section of W/report.md (the rest of the report is kept)."""
-    path = storage.join(workdir, "report.md")
-    text = path.read_text(encoding="utf-8") if path.exists() else "# jaxgrow family report\n"
-    text = text.split(REPORT_MARKER)[0].rstrip("\n") + "\n" + REPORT_MARKER + "\n" + markdown_table(eval_json)
-    _atomic_write(path, text)
