@@ -1,6 +1,7 @@
 """Data pipeline at scale, measured in one run on a synthetic corpus built from the shipped one.
 
     python experiments/bench_data.py [--gb 2] [--workers 2] [--dir /tmp/jaxgrow_bench_data]
+    python experiments/bench_data.py --remote [--latency_ms 50] [--remote_mb 64] [--dir ...]
 
 Builds (deterministically, seed 0) a corpus of --gb GB of text as .jsonl.zst files: documents are
 random spans of 20-400 lines of the shipped Shakespeare works. Then prints, all measured here:
@@ -15,6 +16,18 @@ random spans of 20-400 lines of the shipped Shakespeare works. Then prints, all 
                   one host) / 72,061 tokens/s, what that member trains at on one H200
                   (experiments/README.md)                                                    goal >= 10
 Raw JSON goes to experiments/results/cpu/bench_data.json.
+
+--remote measures the loader from a bucket instead: a moto S3 server on 127.0.0.1 behind
+experiments/latency_proxy.py, which delays every request by --latency_ms, holds --remote_mb MB of text tokenized in
+8 MB shards; the loader (TokenStore, train_dataset, DeviceIterator with its default read-ahead) reads 512 x 4096
+batches of it, and prints
+  loader ratio    its tokens/s / 72,061 tokens/s (as above)                                  goal >= 10
+  bytes ratio     bytes the proxy saw in response bodies / bytes of the windows used        goal <= 1.2
+                  (also with HTTP headers counted)
+  local ratio     the same loader on the same shards on local disk / 72,061
+and, for reading them: the same at 0 ms (is the latency hidden?), CPU seconds per window of the loader process,
+the emulator and the proxy, and what a file object per shard (the loader before) fetched per window.
+Raw JSON goes to experiments/results/cpu/bench_data_remote.json.
 """
 
 from __future__ import annotations
@@ -139,7 +152,14 @@ def main() -> None:
     ap.add_argument("--loader_batches", type=int, default=8)
     ap.add_argument("--rss_child", nargs=2, default=None)
     ap.add_argument("--only_rss", action="store_true")
+    ap.add_argument("--remote", action="store_true", help="the loader from a bucket behind a latency proxy")
+    ap.add_argument("--latency_ms", type=float, default=50.0)
+    ap.add_argument("--remote_mb", type=float, default=64.0, help="MB of text tokenized into the bucket")
+    ap.add_argument("--remote_batches", type=int, default=6, help="global batches timed per remote measurement")
     args = ap.parse_args()
+    if args.remote:
+        remote(args)
+        return
     if args.rss_child:
         rss_child(*args.rss_child)
         return
@@ -241,8 +261,9 @@ def loader(work: Path, out: Path, manifest: dict, args, result: dict) -> None:
 
     from jaxgrow.data import pipeline  # noqa: PLC0415
     from jaxgrow.data import shards  # noqa: PLC0415
+    from jaxgrow.data import store as store_lib  # noqa: PLC0415
 
-    store = shards.TokenStore([(out, manifest)])
+    store = store_lib.TokenStore([(out, manifest)])
     ds = pipeline.train_dataset(store, 4096, 512, seed=0)
     t = time.perf_counter()
     for k in range(args.loader_batches):
@@ -255,6 +276,190 @@ def loader(work: Path, out: Path, manifest: dict, args, result: dict) -> None:
     print(f"loader: {loader_tps:,.0f} tokens/s (512 x 4096 batches, 1 host) / {H200_1B_TOKENS_PER_SEC:,} = "
           f"{result['loader_ratio']:.1f} (goal >= 10)", flush=True)
 
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _free_port() -> int:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def remote_corpus(work: Path, mb: float) -> tuple[Path, dict]:
+    """A local tokenized dir of `mb` MB of text in 4M-token shards (built once per --dir)."""
+    from etils import epath  # noqa: PLC0415
+    from tokenizers import Tokenizer  # noqa: PLC0415
+
+    from jaxgrow.data import shards, tokenizers as tokenizers_lib  # noqa: PLC0415
+    from jaxgrow.data import store as store_lib  # noqa: PLC0415
+
+    out = work / f"remote_tokens_{mb:g}mb"
+    if (out / "manifest.json").exists():
+        return out, json.loads((out / "manifest.json").read_text())
+    paths, _ = build_corpus(work / f"raw_remote_{mb:g}mb", int(mb * 1e6), files=4, seed=3)
+    tok_path = work / "tokenizer.json"
+    if not tok_path.exists():
+        tok = tokenizers_lib.train_bpe(tokenizers_lib.sample_texts([epath.Path(p) for p in paths], "text", "bench",
+                                                                   16 << 20), 32768)
+        tok.save(str(tok_path))
+    info = tokenizers_lib.describe(Tokenizer.from_file(str(tok_path)))
+    manifest = shards.tokenize_files([epath.Path(p) for p in paths], epath.Path(out), info, shard_tokens=1 << 22,
+                                     progress=False)
+    return out, manifest
+
+
+def _time_loader(store, start: int, batches: int, pids: dict) -> dict:
+    """The loader's rate over `batches` global batches after one warm-up batch, and CPU seconds per process."""
+    import jax  # noqa: PLC0415
+    import resource  # noqa: PLC0415
+
+    from configs.paper_family import get_config  # noqa: PLC0415
+    from jaxgrow.data import pipeline  # noqa: PLC0415
+
+    data = get_config().data
+    ds = pipeline.train_dataset(store, data.seq_len, data.batch_size, seed=0)
+    it = pipeline.DeviceIterator(ds, jax.sharding.SingleDeviceSharding(jax.devices()[0]), state={"next_index": start})
+    jax.block_until_ready(next(it))
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    cpu0 = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    t = time.perf_counter()
+    for _ in range(batches):
+        b = next(it)
+    jax.block_until_ready(b)
+    seconds = time.perf_counter() - t
+    own1 = resource.getrusage(resource.RUSAGE_SELF)
+    it.close()
+    windows = batches * data.batch_size
+    cpu = {name: _cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
+    cpu["loader"] = own1.ru_utime + own1.ru_stime - own.ru_utime - own.ru_stime
+    tokens_per_s = windows * data.seq_len / seconds
+    return {"batches": batches, "seconds": seconds, "tokens_per_s": tokens_per_s, "read_ahead": it.read_ahead,
+            "ratio": tokens_per_s / H200_1B_TOKENS_PER_SEC, "cpu_seconds": cpu,
+            "cpu_ms_per_window": {k: 1e3 * v / windows for k, v in cpu.items()}}
+
+
+def _file_object_reads(store, windows: list[int], seq_len: int) -> None:
+    """The loader before: one fsspec file object per shard, seek + read per window."""
+    import s3fs  # noqa: PLC0415
+
+    files: dict = {}
+    for i in windows:
+        for shard, first, count in store._pieces(i * seq_len, i * seq_len + seq_len + 1):
+            if shard not in files:
+                files[shard] = s3fs.S3FileSystem().open(store.shards[shard][0], "rb")
+            itemsize = store.shards[shard][1].itemsize
+            files[shard].seek(first * itemsize)
+            files[shard].read(count * itemsize)
+
+
+def remote(args) -> None:
+    import grain  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    from configs.paper_family import get_config  # noqa: PLC0415
+    from jaxgrow.data import pipeline, shards  # noqa: PLC0415
+    from jaxgrow.data import store as store_lib  # noqa: PLC0415
+    from latency_proxy import ProxyProcess  # noqa: PLC0415
+
+    data = get_config().data  # the 1B member's batch shape: 512 x 4096
+    tok_dir, manifest = remote_corpus(Path(args.dir), args.remote_mb)
+    window_bytes = (data.seq_len + 1) * np.dtype(manifest["dtype"]).itemsize
+    result: dict = {"latency_ms": args.latency_ms, "cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg(),
+                    "corpus": {"text_mb": args.remote_mb, "tokens": manifest["total_tokens"],
+                               "shards": len(manifest["shards"])}}
+    port = _free_port()
+    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proxies: list[ProxyProcess] = []
+    try:
+        os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
+                           "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
+        import s3fs  # noqa: PLC0415
+
+        for _ in range(100):
+            try:
+                s3fs.S3FileSystem().mkdir("bench")
+                break
+            except OSError:  # not accepting connections yet
+                time.sleep(0.2)
+        for f in sorted(tok_dir.rglob("*")):  # uploaded directly, not through a proxy
+            if f.is_file():
+                s3fs.S3FileSystem().put_file(str(f), f"bench/tok/{f.relative_to(tok_dir)}")
+        bucket = "s3://bench/tok"
+        assert shards.read_manifest(bucket) == manifest
+        print(f"corpus: {manifest['total_tokens']:,} tokens in {len(manifest['shards'])} shards in {bucket} "
+              f"(moto on 127.0.0.1:{port})", flush=True)
+        # in their own processes: the proxy's CPU and GIL are not the loader's
+        proxies = [ProxyProcess(port, args.latency_ms), ProxyProcess(port, 0.0)]
+
+        def through(proxy: ProxyProcess) -> store_lib.TokenStore:
+            os.environ["AWS_ENDPOINT_URL"] = proxy.url
+            s3fs.S3FileSystem.clear_instance_cache()  # the next filesystem reads the new endpoint
+            return store_lib.TokenStore([(bucket, manifest)])
+
+        store, local = through(proxies[0]), store_lib.TokenStore([(tok_dir, manifest)])
+        ds, local_ds = (pipeline.train_dataset(s, data.seq_len, data.batch_size, seed=0) for s in (store, local))
+        assert all(np.array_equal(ds[k], local_ds[k]) for k in (0, 1))  # bitwise
+
+        # bytes: two batches read without read-ahead, so every byte counted belongs to them
+        proxies[0].ask("reset")
+        for k in (2, 3):
+            ds[k]
+        counted = proxies[0].ask()
+        used = 2 * data.batch_size * window_bytes
+        result["bytes"] = {"counted": counted, "window_bytes": used, "body_ratio": counted["response_body_bytes"] / used,
+                           "wire_ratio": counted["response_bytes"] / used}
+
+        pids = {"emulator": moto.pid, "proxy": proxies[0].pid}
+        result["remote"] = _time_loader(store, 10, args.remote_batches, pids)
+        pids["proxy"] = proxies[1].pid
+        result["remote_0ms"] = _time_loader(through(proxies[1]), 10, args.remote_batches, pids)
+        result["local"] = _time_loader(local, 10, max(args.remote_batches, 8), {})
+
+        # the loader before, for 8 windows of batch 4 (its read-ahead blocks make more too slow to wait for)
+        os.environ["AWS_ENDPOINT_URL"] = proxies[0].url
+        s3fs.S3FileSystem.clear_instance_cache()
+        order = grain.MapDataset.range(len(pipeline.WindowSource(local, data.seq_len))).seed(0).shuffle().repeat(None)
+        windows = [int(order[4 * data.batch_size + j]) for j in range(8)]
+        proxies[0].ask("reset")
+        _file_object_reads(store, windows, data.seq_len)
+        old = proxies[0].ask()
+        result["file_objects"] = {"windows": len(windows), "counted": old,
+                                  "body_ratio": old["response_body_bytes"] / (len(windows) * window_bytes)}
+    finally:
+        for p in proxies:
+            p.close()
+        moto.terminate()
+        moto.wait(10)
+    result["loadavg_end"] = os.getloadavg()
+    r, r0, loc, b = result["remote"], result["remote_0ms"], result["local"], result["bytes"]
+    result["latency_cost"] = r0["tokens_per_s"] / r["tokens_per_s"]
+    ms = r["cpu_ms_per_window"]
+    result["loader_cpu_bound_ratio"] = data.seq_len / (ms["loader"] / 1e3) / H200_1B_TOKENS_PER_SEC
+    rate = H200_1B_TOKENS_PER_SEC
+    print(f"loader from the bucket, {args.latency_ms:g} ms a request: {r['tokens_per_s']:,.0f} tokens/s "
+          f"({data.batch_size} x {data.seq_len} batches, 1 host, read-ahead {r['read_ahead']}) / {rate:,} = "
+          f"{r['ratio']:.1f} (goal >= 10)\n"
+          f"bytes fetched / bytes of windows used: {b['body_ratio']:.3f} (response bodies; goal <= 1.2), "
+          f"{b['wire_ratio']:.3f} with HTTP headers; {b['counted']['requests']} GETs for {2 * data.batch_size} windows\n"
+          f"the same loader on local shards: {loc['tokens_per_s']:,.0f} tokens/s / {rate:,} = {loc['ratio']:.1f}\n"
+          f"at 0 ms a request: {r0['tokens_per_s']:,.0f} tokens/s ({result['latency_cost']:.2f} x the "
+          f"{args.latency_ms:g} ms rate)\n"
+          f"CPU ms per window at {args.latency_ms:g} ms: loader process {ms['loader']:.2f}, emulator "
+          f"{ms['emulator']:.2f}, proxy {ms['proxy']:.2f} (load average {result['loadavg_start'][0]:.1f} on "
+          f"{os.cpu_count()} cores); the loader's CPU alone bounds it at {result['loader_cpu_bound_ratio']:.1f} x "
+          f"{rate:,} per core\n"
+          f"before (a file object per shard, seek + read): {result['file_objects']['body_ratio']:,.0f} x the bytes of "
+          f"{len(windows)} windows fetched", flush=True)
+    dest = REPO / "experiments" / "results" / "cpu" / "bench_data_remote.json"
+    dest.write_text(json.dumps(result, indent=2))
+    print(f"wrote {dest}")
 
 
 def write(result: dict, args) -> None:

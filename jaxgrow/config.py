@@ -33,9 +33,11 @@ LR_DECAYS = ("cosine", "linear", "wsd")
 # Keys that may differ from the saved config when a run is resumed: run length, logging, layout of
 # the job on devices, and the override switch itself.
 RESUMABLE_KEYS = ("budget_scale", "budget.", "log.", "checkpoint.every_steps", "checkpoint.keep",
-                  "checkpoint.async_save", "profile_steps", "allow_config_change", "mesh.",
+                  "checkpoint.async_save", "checkpoint.async_save_remote", "compile_cache_dir", "profile_steps",
+                  "allow_config_change", "mesh.",
                   "model.remat_policy", "model.attention_impl", "model.scan_unroll", "distributed",
-                  "data.eval_batches", "data.prefetch", "data.workers", "data.tokenize_workers", "eval.")
+                  "data.eval_batches", "data.prefetch", "data.workers", "data.read_ahead", "data.tokenize_workers",
+                  "eval.")
 
 
 class InputError(ValueError):
@@ -103,6 +105,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.bos_token = ""          # token put before every document ("" = none; e.g. "<s>", "<|begin_of_text|>")
     c.data.document_masking = False  # packed sequences attend only within their own document (segment ids from EOS)
     c.data.workers = 0             # grain worker processes reading training windows (0 = read in the training process)
+    c.data.read_ahead = -1         # batches read ahead in threads (ordered; the data state is unchanged): -1 = 4 from a bucket, 0 locally
     c.data.tokenize_workers = 1    # processes tokenizing raw train/eval text into the workdir cache
     c.data.mixture = ml_collections.ConfigDict()  # name -> {weight, train_files, eval_files}; replaces train/eval_files
 
@@ -146,6 +149,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.every_steps = 100  # save the stage state every N steps (and always at the end)
     c.checkpoint.keep = 2          # rolling checkpoints kept per stage (member checkpoints are never deleted)
     c.checkpoint.async_save = False  # orbax async checkpointing (the loop waits before the next save)
+    c.checkpoint.async_save_remote = True  # async on gs:// workdirs, where a save uploads the whole state (training goes on)
+    c.compile_cache_dir = ""       # persistent XLA compilation cache: "" = $JAX_COMPILATION_CACHE_DIR, else W/xla_cache (a local scratch dir for a remote W); a path or gs://...; "none" = off
 
     c.log = ml_collections.ConfigDict()
     c.log.every_steps = 10         # metrics.jsonl / TensorBoard interval (the loop syncs with the host only here)
@@ -303,6 +308,8 @@ def validate(config: ml_collections.ConfigDict) -> list[Member]:
     d = config.data
     for key in ("seq_len", "batch_size", "eval_batches", "prefetch"):
         _check(isinstance(d[key], int) and d[key] > 0, f"data.{key}={d[key]!r} must be a positive integer")
+    _check(isinstance(d.get("read_ahead", -1), int) and d.get("read_ahead", -1) >= -1,
+           f"data.read_ahead={d.get('read_ahead')!r} must be an integer >= -1 (-1: 4 from a bucket, 0 locally)")
     for key in ("workers", "tokenize_workers"):
         _check(isinstance(d.get(key, 0), int) and d.get(key, 0) >= (1 if key == "tokenize_workers" else 0),
                f"data.{key}={d.get(key)!r} must be an integer >= {1 if key == 'tokenize_workers' else 0}")

@@ -25,6 +25,7 @@ import re
 import shutil
 import socket
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import IO, Iterator
@@ -214,7 +215,12 @@ def _owner_alive(directory: Path) -> bool:
     try:
         owner = json.loads((directory / "owner").read_text())
     except (OSError, ValueError):
-        return False  # no owner (a crash between mkdir and writing it) or a torn one: nobody is using it
+        # no owner yet (another process between its mkdir and its owner file) or a torn one (a crash right there):
+        # young, it may be in use; old, nobody is using it
+        try:
+            return time.time() - directory.stat().st_mtime < 60
+        except OSError:
+            return False
     if owner.get("host") != socket.gethostname():
         return True  # another machine's (a shared /tmp): not ours to judge
     try:
@@ -371,6 +377,22 @@ def parse_jsonl(data: bytes, source: str = "") -> tuple[list[dict], int]:
             records.append(json.loads(line))
         except (ValueError, UnicodeDecodeError):
             skipped += 1
+    return records, skipped
+
+
+METRICS_FILE, METRICS_PARTS = "metrics.jsonl", "metrics"  # a local workdir appends; a remote one writes parts
+
+
+def read_metrics(workdir: epath.Path | str) -> tuple[list[dict], int]:
+    """(records, skipped torn ones) of a workdir's metrics as one stream: metrics.jsonl, then the parts
+    metrics/NNNNN.jsonl of a remote workdir in order (train/logs.py MetricsLog writes them)."""
+    records, skipped = read_jsonl(join(workdir, METRICS_FILE))
+    parts_dir = join(workdir, METRICS_PARTS)
+    names = sorted(p for p in list_files(parts_dir) if p.endswith(".jsonl")) if parts_dir.exists() else []
+    for name in names:
+        more, bad = read_jsonl(join(parts_dir, name))
+        records += more
+        skipped += bad
     return records, skipped
 
 

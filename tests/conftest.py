@@ -160,19 +160,43 @@ def s3_emulator():
 @pytest.fixture()
 def gcs_emulator():
     """A real GCS server (gcp-storage-emulator, in memory) on 127.0.0.1 with bucket `jaxgrow-test`;
-    yields the env that points gcsfs (and subprocesses) at it, also set in this process meanwhile.
+    yields the env that points gcsfs and tensorstore (and subprocesses) at it, also set in this process meanwhile.
     GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false: gcsfs otherwise first probes the bucket type over gRPC
     with TLS, which the emulator does not speak (a minute of handshake retries per filesystem)."""
     import importlib.util
 
     if importlib.util.find_spec("gcsfs") is None or importlib.util.find_spec("gcp_storage_emulator") is None:
         pytest.skip("needs gcsfs and gcp-storage-emulator")
-    with _emulator(lambda port: [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
+    with _emulator(lambda port: [sys.executable, str(REPO / "tests" / "gcs_emulator.py"), "start", "--host=127.0.0.1",
                                  f"--port={port}", "--in-memory", "--default-bucket=jaxgrow-test"],
                    lambda port: {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}",
-                                 "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}) as env:
+                                 "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+                                 # orbax writes gs:// checkpoints through tensorstore, which needs its own two
+                                 # (for emulators only: a test token, the emulator's URL)
+                                 "TENSORSTORE_GCS_HTTP_URL": f"http://127.0.0.1:{port}",
+                                 "GOOGLE_AUTH_TOKEN_FOR_TESTING": "x"}) as env:
         import gcsfs
 
         gcsfs.GCSFileSystem.clear_instance_cache()
         _forget_filesystems()
         yield env
+
+
+def _git_status() -> str | None:
+    try:
+        return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO, capture_output=True,
+                              text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None  # not a git checkout (an sdist): nothing to compare
+
+
+@pytest.fixture(scope="session", autouse=True)
+def the_suite_leaves_the_checkout_clean():
+    """Tests write only under their tmp dirs: the checkout's `git status` is the same after the suite as before
+    (a test that writes into the repository fails the run at teardown, naming the paths)."""
+    before = _git_status()
+    yield
+    after = _git_status()
+    if before is not None and after is not None and after != before:
+        new = sorted(set(after.splitlines()) - set(before.splitlines()))
+        pytest.fail(f"the test suite changed the checkout: {new[:10]}", pytrace=False)

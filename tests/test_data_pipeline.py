@@ -15,7 +15,7 @@ from etils import epath
 from conftest import run_cli
 from data_common import make_docs, write_formats
 from jaxgrow import config as config_lib
-from jaxgrow.data import corpus, pipeline, shards
+from jaxgrow.data import corpus, pipeline, shards, store as store_lib
 from jaxgrow.model import decoder, losses
 
 
@@ -24,7 +24,7 @@ def test_mixture_follows_weights_and_counts_tokens_per_source(tmp_path, bpe):
     for i, n in enumerate((80, 120)):
         files = write_formats(tmp_path / f"in{i}", make_docs(n, seed=10 + i))
         m = shards.tokenize_files([epath.Path(files[".jsonl"])], epath.Path(tmp_path / f"t{i}"), bpe, progress=False)
-        stores.append(corpus.MixSource(f"s{i}", (0.7, 0.3)[i], shards.TokenStore([(tmp_path / f"t{i}", m)])))
+        stores.append(corpus.MixSource(f"s{i}", (0.7, 0.3)[i], store_lib.TokenStore([(tmp_path / f"t{i}", m)])))
     windows = pipeline.mixed_windows(stores, 8, seed=0)
     # which source each element comes from: the parent index grain's mix selects
     sel = windows._selection_map  # grain's MixedMapDataset: element k -> (source, index in source)
@@ -145,8 +145,8 @@ def test_tokenize_and_train_from_an_s3_bucket(tmp_path, s3_emulator):
     assert [s["tokens"] for s in remote["shards"]] == [s["tokens"] for s in local["shards"]]
     for s in remote["shards"]:
         assert fs.cat(f"{B}/tok/train/shards/{s['name']}") == (tmp_path / "local" / "shards" / s["name"]).read_bytes()
-    store = shards.TokenStore([(epath.Path(f"{B}/tok/train"), remote)])  # ranged reads from the bucket
-    np.testing.assert_array_equal(store[100:300], shards.TokenStore([(tmp_path / "local", local)])[100:300])
+    store = store_lib.TokenStore([(epath.Path(f"{B}/tok/train"), remote)])  # ranged reads from the bucket
+    np.testing.assert_array_equal(store[100:300], store_lib.TokenStore([(tmp_path / "local", local)])[100:300])
     # train on the bucket's tokenized data (local workdir)
     run_cli("--config", "configs/tiny.py", "--workdir", str(tmp_path / "run"), "--config.model.vocab_size=512",
             f"--config.data.train_files={B}/tok/train", f"--config.data.eval_files={B}/tok/held",

@@ -15,7 +15,7 @@ from etils import epath
 
 from conftest import REPO, run_cli
 from data_common import make_docs, shard_bytes, write_formats
-from jaxgrow.data import pipeline, shards, tokenizers as tokenizers_lib
+from jaxgrow.data import pipeline, shards, store as store_lib, tokenizers as tokenizers_lib
 
 
 def test_formats_give_identical_tokens(tmp_path, bpe):
@@ -25,7 +25,7 @@ def test_formats_give_identical_tokens(tmp_path, bpe):
     for fmt, path in files.items():
         out = tmp_path / f"out{fmt}"
         m = shards.tokenize_files([epath.Path(path)], epath.Path(out), bpe, progress=False)
-        store = shards.TokenStore([(out, m)])
+        store = store_lib.TokenStore([(out, m)])
         np.testing.assert_array_equal(store[0:len(store)], expected, err_msg=fmt)
         assert m["documents"] == len(docs) and m["dtype"] == "uint16"
         assert m["tokenizer_sha256"] == bpe.sha256 and (out / "tokenizer.json").exists()
@@ -69,7 +69,7 @@ def test_token_store_reads_across_shards_and_host_slices_match(tmp_path, bpe):
     files = write_formats(tmp_path / "in", make_docs(150))
     m = shards.tokenize_files([epath.Path(files[".jsonl"])], epath.Path(tmp_path / "t"), bpe, shard_tokens=333,
                                   progress=False)
-    store = shards.TokenStore([(tmp_path / "t", m)])
+    store = store_lib.TokenStore([(tmp_path / "t", m)])
     full = np.concatenate([np.fromfile(tmp_path / "t" / "shards" / s["name"], "<u2") for s in m["shards"]]).astype(np.int32)
     assert len(store) == len(full) == m["total_tokens"]
     for a, b in [(0, 5), (330, 340), (100, 1100), (len(full) - 3, len(full))]:

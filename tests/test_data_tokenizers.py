@@ -17,7 +17,7 @@ from etils import epath
 from conftest import run_cli
 from data_common import make_docs, write_formats
 from jaxgrow import config as config_lib
-from jaxgrow.data import corpus as corpus_lib, formats, shards, tokenizers as tokenizers_lib
+from jaxgrow.data import corpus as corpus_lib, formats, shards, store as store_lib, tokenizers as tokenizers_lib
 
 
 # English, punctuation, digits, whitespace runs, leading/trailing spaces, newlines, tabs, CRLF, unicode
@@ -204,7 +204,7 @@ def test_tokenize_command_and_corpus_with_a_sentencepiece_model(tmp_path):
     assert _ids(stored, docs) == sp.encode(docs)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["tokenizer_sha256"] == tokenizers_lib.tokenizer_hash(stored) and manifest["eos_id"] == 2
-    ids = shards.TokenStore([(out, manifest)])[0:manifest["total_tokens"]]
+    ids = store_lib.TokenStore([(out, manifest)])[0:manifest["total_tokens"]]
     assert ids.tolist() == [t for d in sp.encode(docs) for t in d + [2]]  # every document, then EOS
     before = (out / "manifest.json").read_text()
     run_cli(*args, check=True)  # the same file converts to the same tokenizer: nothing to redo
@@ -232,7 +232,7 @@ def test_real_mistral_tokenizer_with_padding_and_eos(tmp_path, mistral_tokenizer
         tokenizers_lib.load_tokenizer(mistral_tokenizer, 31999)
     files = write_formats(tmp_path / "in", make_docs(40))
     m = shards.tokenize_files([epath.Path(files[".parquet"])], epath.Path(tmp_path / "t"), info, progress=False)
-    store = shards.TokenStore([(tmp_path / "t", m)])
+    store = store_lib.TokenStore([(tmp_path / "t", m)])
     ids = store[0:len(store)]
     assert ids[0] == 1 and (ids == 2).sum() == 40 and (ids == 1).sum() == 40  # BOS ... EOS per document
     first = ids[1:np.argmax(ids == 2)]

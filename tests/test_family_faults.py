@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
+from test_family_reliability import assert_bitwise_equal, member_arrays
 
 from conftest import REPO, TINY_FAMILY_ARGS, _cli_env, run_cli
 from data_common import make_docs, write_formats
-from jaxgrow.data import shards, tokenizers as tokenizers_lib
-from test_family_reliability import assert_bitwise_equal, member_arrays
+from jaxgrow.data import store as store_lib, tokenizers as tokenizers_lib
 
 
 pytestmark = pytest.mark.slow
@@ -74,7 +74,7 @@ def test_resumed_tokenize_with_another_tokenizer_redoes_the_units(tmp_path):
     assert proc.returncode == KILLED and (out / "units" / "00000.json").exists()
     run_cli("tokenize", "--inputs", glob, "--out", str(out), "--tokenizer", str(b), check=True)
     manifest = json.loads((out / "manifest.json").read_text())
-    store = shards.TokenStore([(out, manifest)])
+    store = store_lib.TokenStore([(out, manifest)])
     assert int(store[0:len(store)].max()) < 512  # no id of the first tokenizer survived
     run_cli("tokenize", "--inputs", glob, "--out", str(tmp_path / "ref"), "--tokenizer", str(b), check=True)
     assert files_of(out, ("units",)) == files_of(tmp_path / "ref", ("units",))

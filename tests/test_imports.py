@@ -1,5 +1,5 @@
 """The package's shape: wings with one concern each, importing only wings below them; inside the data wing calls
-run one way (pipeline -> corpus -> shards -> tokenizers -> formats); no import cycles."""
+run one way (pipeline -> corpus -> store -> shards -> tokenizers -> formats); no import cycles."""
 
 import ast
 from pathlib import Path
@@ -14,7 +14,7 @@ PKG = REPO / "jaxgrow"
 WING_LEVEL = {"cli": 6, "family": 5, "train": 4, "eval": 4, "serve": 4, "interop": 4, "expand": 3, "data": 3,
               "model": 2, "storage": 1, "config": 0}
 # Inside the data wing: a module imports only the ones after it in this list.
-DATA_ORDER = ("tokenize", "pipeline", "corpus", "shards", "tokenizers", "formats")
+DATA_ORDER = ("tokenize", "pipeline", "corpus", "store", "shards", "tokenizers", "formats")
 # Entry points and aliases kept for one release at the top level; each only re-exports a wing's module.
 TOP_LEVEL_ALIASES = {"jaxgrow.main", "jaxgrow.__main__", "jaxgrow.schedules", "jaxgrow.hf", "jaxgrow.sampling",
                      "jaxgrow.inference"}

@@ -164,6 +164,7 @@ def export_workdir(workdir: Path, out: Path, member: str | None, max_position_em
             written.append(export.save_pretrained(params, stage.model, dest, tokenizer,
                                                   max_position_embeddings=max_position_embeddings, dtype=dtype,
                                                   **specials))
+            faults.point("export_writing")
             continue
         # the streaming writer needs files it can seek and rename: write locally, then upload each file
         # (every object appears all-or-nothing; config.json last, so a reader finding it finds the weights)

@@ -63,7 +63,7 @@ def environment_cause(e: BaseException) -> str | None:
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:400]
+    return (text.splitlines()[0] if text else type(e).__name__)[:1000]
 
 
 def boundary(fn: Callable[[], int | None], verbosity: Callable[[], int] = lambda: -1) -> int:

@@ -34,6 +34,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from jaxgrow import __version__
 from jaxgrow.cli import errors
 from jaxgrow.cli.errors import UsageError, fail as _fail
 from jaxgrow.train import logs
@@ -119,30 +120,72 @@ def _jaxgrow_flags() -> set[str]:
     return set(JAXGROW_FLAGS)
 
 
-def _flag_line(name: str) -> str:
+# Flags a subcommand cannot run without (shown plainly in its usage line; the others in brackets).
+REQUIRED_FLAGS = {"train": ("config", "workdir"), "expand": ("config", "from", "workdir"), "plan": ("config",),
+                  "evaluate": ("workdir",), "export": ("workdir", "out"), "import": ("hf", "workdir"),
+                  "sample": ("workdir",), "tokenize": ("inputs", "out")}
+# A flag whose meaning differs by subcommand: (command, flag) -> its help there.
+COMMAND_FLAG_HELP = {("tokenize", "out"): "Directory to write the token shards, tokenizer.json and manifest.json into "
+                                          "(local or gs://...; a rerun resumes it).",
+                     ("import", "workdir"): "New run directory to hold the imported model as member 'model'.",
+                     ("expand", "workdir"): "New run directory to hold the grown checkpoint (train it with the same "
+                                            "--config)."}
+
+
+def _flag_line(name: str, command: str | None = None) -> str:
     flag = FLAGS[name]
     empty = flag.default is None or (isinstance(flag.default, (str, list)) and not flag.default)
     default = "" if empty or name == "config" else f" (default: {flag.value if flag.present else flag.default})"
-    return f"  --{name:<16} {flag.help}{default}"
+    return f"  --{name:<16} {COMMAND_FLAG_HELP.get((command, name), flag.help)}{default}"
+
+
+def _usage(command: str) -> str:
+    required = REQUIRED_FLAGS.get(command, ())
+    words = [f"--{f}=..." if f in required else f"[--{f}=...]" for f in COMMAND_FLAGS[command]]
+    if "config" in COMMAND_FLAGS[command]:
+        words.append("[--config.KEY=V ...]")
+    if command == "evaluate":
+        words.append("[TASKS.jsonl ...]")
+    return f"usage: jaxgrow {command} " + " ".join(words)
 
 
 def help_text(command: str | None) -> str:
     """`--help` of the main command (command=None) or of one subcommand."""
     if command is None:
-        lines = ["usage: jaxgrow [COMMAND] [--flag=value ...]   (also: python -m jaxgrow, python -m jaxgrow.main)",
+        lines = [f"jaxgrow {__version__}",
+                 "usage: jaxgrow [COMMAND] [--flag=value ...]   (also: python -m jaxgrow, python -m jaxgrow.main)",
                  "", "commands (default: train):"]
         lines += [f"  {c:<10} {COMMAND_HELP[c]}" for c in COMMANDS]
         lines += ["", "flags per command:"]
         lines += [f"  {c:<10} " + " ".join(f"--{f}" for f in COMMAND_FLAGS[c]) for c in COMMANDS]
-        lines += ["", "`jaxgrow COMMAND --help` describes a command's flags; bad input exits with code 2."]
+        lines += ["", "`jaxgrow COMMAND --help` describes a command's flags; `jaxgrow --version` prints the version; "
+                  "bad input exits with code 2, a preempted run with 143 (SIGTERM) or 130 (SIGINT)."]
         return "\n".join(lines) + "\n"
-    positional = " [TASKS.jsonl ...]" if command == "evaluate" else ""
-    lines = [f"usage: jaxgrow {command} " + " ".join(f"--{f}=..." for f in COMMAND_FLAGS[command]) + positional, "",
-             COMMAND_HELP[command], "", "flags:"]
-    lines += [_flag_line(f) for f in COMMAND_FLAGS[command]]
+    lines = [_usage(command), "", COMMAND_HELP[command], "", "flags:"]
+    lines += [_flag_line(f, command) for f in COMMAND_FLAGS[command]]
     if "config" in COMMAND_FLAGS[command]:
         lines.append("  --config.KEY=V    override one config key (every key is listed in jaxgrow/config.py)")
     return "\n".join(lines) + "\n"
+
+
+def _warn_shadowed_model_overrides(cfg, argv: list[str]) -> None:
+    """`--config.model.X=v` on a family whose members override X changes nothing for them: say which."""
+    from jaxgrow import config as config_lib  # noqa: PLC0415
+
+    if not len(cfg.members):
+        return
+    for arg in argv:
+        if not arg.startswith("--config.model."):
+            continue
+        key = arg.split("=", 1)[0][len("--config.model."):]
+        if key not in config_lib.MODEL_KEYS:
+            continue
+        shadowing = [name for name, entry in cfg.members.items() if key in entry]
+        if shadowing:
+            every = len(shadowing) == len(cfg.members)
+            log.warning("%s has no effect on %s: %s override model.%s (set --config.members.<name>.%s instead)",
+                        arg.split("=", 1)[0], "any member" if every else "members " + ", ".join(shadowing),
+                        ", ".join(f"members.{n}" for n in shadowing), key, key)
 
 
 def _config_path(argv: list[str]) -> str | None:
@@ -229,6 +272,7 @@ def _config():
     missing = sorted(set(config_lib.base_config()) - set(cfg.keys()))
     if missing:
         raise UsageError(f"--config={path}: the config lacks {missing}; start from jaxgrow.config.base_config()")
+    _warn_shadowed_model_overrides(cfg, _ARGV or sys.argv)
     return cfg
 
 
@@ -476,7 +520,11 @@ POSITIONAL = ("evaluate",)  # commands that take positional arguments
 
 
 def _help_request(argv: list[str]) -> str | None:
-    """The help text when argv asks for it (before parsing, so a broken --config cannot hide it)."""
+    """The help (or version) text when argv asks for it (before parsing, so a broken --config cannot hide it)."""
+    if "--version" in argv[1:]:
+        import jax  # noqa: PLC0415
+
+        return f"jaxgrow {__version__} (jax {jax.__version__}, Python {sys.version.split()[0]})\n"
     if not any(a in HELP_FLAGS or a.startswith("--help=") for a in argv[1:]):
         return None
     if "--helpfull" in argv[1:]:

@@ -1,3 +1,3 @@
-"""The data wing: raw formats -> tokenizers -> token shards (writer, manifest, TokenStore) -> a run's corpus ->
-the grain pipeline, each module importing only those before it; the `tokenize` command sits on top.
-Imports storage and config only (and model.losses for document segment ids, never anything else above)."""
+"""The data wing, bottom up: formats (raw inputs) -> tokenizers -> shards (the tokenize writer, manifests) -> store
+(TokenStore, the reader) -> corpus (a run's sources and caches) -> pipeline (grain windows and batches); each module
+imports only the ones before it, and the `tokenize` command sits on top. Imports storage and config only."""

@@ -17,10 +17,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import jax
 from etils import epath
 
 from jaxgrow import storage
-from jaxgrow.data import formats, shards, tokenizers as tokenizers_lib
+from jaxgrow.data import formats, shards, store as store_lib, tokenizers as tokenizers_lib
 from jaxgrow.data.formats import DataError
 
 
@@ -123,7 +124,7 @@ def source_specs(data_cfg: Any) -> list[SourceSpec]:
 class MixSource:
     name: str
     weight: float
-    store: shards.TokenStore
+    store: store_lib.TokenStore
 
 
 @dataclasses.dataclass
@@ -133,12 +134,12 @@ class Corpus:
     tokenizer: Any                  # tokenizers.Tokenizer
     info: tokenizers_lib.TokenizerInfo
     train_sources: list[MixSource]  # one per mixture source (one unnamed source without a mixture)
-    eval: shards.TokenStore
+    eval: store_lib.TokenStore
     cache_names: dict               # store key -> W/data/<name> (raw text tokenized for this run)
     staged: dict = dataclasses.field(default_factory=dict)  # cache name -> temporary directory
 
     @property
-    def train(self) -> shards.TokenStore:
+    def train(self) -> store_lib.TokenStore:
         if len(self.train_sources) != 1:
             raise ValueError("a mixture has several train stores; use corpus.train_sources")
         return self.train_sources[0].store
@@ -200,7 +201,7 @@ def prepare(data_cfg: Any, vocab_size: int, workdir: Path | epath.Path | None,
     staged: dict = {}
     storage.sweep_scratch("tokens")
 
-    def open_spec(spec: Spec, split: str) -> shards.TokenStore:
+    def open_spec(spec: Spec, split: str) -> store_lib.TokenStore:
         if spec.tokenized is not None:
             manifest = shards.read_manifest(spec.tokenized, spec.field)
             if manifest is None:
@@ -208,7 +209,7 @@ def prepare(data_cfg: Any, vocab_size: int, workdir: Path | epath.Path | None,
                                 "directory (rerun tokenize to finish it)")
             shards.check_manifest(spec.tokenized, manifest, info, spec.field)
             shards.check_shard_sizes(spec.tokenized, manifest, spec.field)
-            return shards.TokenStore([(spec.tokenized, manifest)])
+            return store_lib.TokenStore([(spec.tokenized, manifest)])
         name = _raw_cache_name(split, spec.files, info, data_cfg.text_field)
         names[spec.field] = name
         if workdir is not None:
@@ -216,13 +217,15 @@ def prepare(data_cfg: Any, vocab_size: int, workdir: Path | epath.Path | None,
             manifest = shards.read_manifest(cached, f"{cached} (the run's token cache)")
             if manifest is not None:
                 shards.check_shard_sizes(cached, manifest, f"{cached} (the run's token cache)")
-                return shards.TokenStore([(cached, manifest)])
-        tmp = storage.scratch_dir("tokens", f"{workdir}:{name}") / name
+                return store_lib.TokenStore([(cached, manifest)])
+        # keyed by workdir, cache and process: a rerun adopts its killed predecessor's units; the processes of a
+        # multi-host run on one machine never share one
+        tmp = storage.scratch_dir("tokens", f"{workdir}:{name}:{jax.process_index()}") / name
         manifest = shards.tokenize_files(list(spec.files), epath.Path(tmp), info, text_field=data_cfg.text_field,
                                          workers=workers, field=spec.field, progress=False,
                                          desc=f"tokenize {spec.field}")
         staged[name] = epath.Path(tmp)
-        return shards.TokenStore([(epath.Path(tmp), manifest)])
+        return store_lib.TokenStore([(epath.Path(tmp), manifest)])
 
     try:
         train = [MixSource(s.name, s.weight, open_spec(s.train, "train")) for s in specs] if "train" in splits else []
@@ -231,7 +234,7 @@ def prepare(data_cfg: Any, vocab_size: int, workdir: Path | epath.Path | None,
         for tmp in staged.values():  # bad input: nothing kept (a kill keeps the scratch, for the rerun to resume)
             shutil.rmtree(str(tmp.parent), ignore_errors=True)
         raise
-    eval_store = shards.TokenStore([p for e in evals for p in e.parts])
+    eval_store = store_lib.TokenStore([p for e in evals for p in e.parts])
     corpus = Corpus(info.tokenizer, info, train, eval_store, names, staged)
     min_len = data_cfg.seq_len + 1
     try:
@@ -280,11 +283,11 @@ def save_cache(corpus: Corpus, workdir: Path | epath.Path) -> None:
             _copy_tree(tmp, dst)
         moved[str(tmp)] = (dst, shards.read_manifest(dst))
 
-    def repoint(store: shards.TokenStore) -> shards.TokenStore:
+    def repoint(store: store_lib.TokenStore) -> store_lib.TokenStore:
         if not any(str(d) in moved for d, _ in store.parts):
             return store
         store.close()
-        return shards.TokenStore([moved.get(str(d), (d, m)) for d, m in store.parts])
+        return store_lib.TokenStore([moved.get(str(d), (d, m)) for d, m in store.parts])
 
     for src in corpus.train_sources:
         src.store = repoint(src.store)

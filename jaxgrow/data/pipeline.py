@@ -6,7 +6,12 @@ shifted targets); each source is shuffled (MapDataset.shuffle, a lazy index perm
 epoch) and repeated; a mixture is MapDataset.mix (a fixed, deterministic interleave by weight).
 Element k of the training dataset is this process's slice of global batch k, so the iterator state is
 the number of consumed global batches, the same under any process count, and tokens consumed per
-mixture source follow from it exactly. The top of the data wing: depends on corpus and shards."""
+mixture source follow from it exactly. The top of the data wing: depends on corpus and shards.
+
+Reading: a batch's windows are fetched together (`WindowSource._getitems`, grain's batched-read protocol, which
+its shuffle/repeat/mix datasets pass through): one `TokenStore.read_ranges` call, i.e. one concurrent set of exact
+ranged GETs on a bucket, one pread per window locally. From a bucket DeviceIterator also reads REMOTE_READ_AHEAD
+batches ahead in threads (grain's ReadOptions), so a request's latency overlaps the batches before it."""
 
 from __future__ import annotations
 
@@ -20,6 +25,10 @@ import numpy as np
 from jaxgrow.data import corpus
 from jaxgrow.data.formats import DataError
 
+
+# Batches read ahead (in threads) from a store with remote shards: with one batch in flight the loader idles for the
+# slowest GET of each batch; a few keep the connection pool busy. Local shards are read on demand (0), as ever.
+REMOTE_READ_AHEAD = 4
 
 # ----------------------------------------------------------------------------------------------
 # grain pipeline
@@ -38,6 +47,14 @@ class WindowSource(grain.sources.RandomAccessDataSource):
     def __getitem__(self, i: int) -> np.ndarray:
         s = self.seq_len
         return np.asarray(self.stream[i * s: i * s + s + 1], np.int32)
+
+    def _getitems(self, indices) -> list[np.ndarray]:
+        """Windows `indices` in one read (grain's SupportsBatchedReadRandomAccessDataSource)."""
+        read_ranges = getattr(self.stream, "read_ranges", None)
+        if read_ranges is None:  # an in-memory token array
+            return [self[i] for i in indices]
+        s = self.seq_len
+        return read_ranges([(i * s, i * s + s + 1) for i in indices])
 
     def __repr__(self) -> str:
         return f"WindowSource({self.n} windows of {self.seq_len}+1 tokens)"
@@ -102,10 +119,13 @@ def train_dataset(stream, seq_len: int, global_batch: int, seed: int,
 
     def local_rows(k: int) -> np.ndarray:
         first = (start + k) * global_batch
-        return np.stack([windows[first + r] for r in rows])
+        return np.stack(windows._getitems([first + r for r in rows]))
 
     # 2**62 batches: effectively infinite, and a finite length keeps grain's index arithmetic simple.
-    return grain.MapDataset.range(1 << 62).map(local_rows)
+    dataset = grain.MapDataset.range(1 << 62).map(local_rows)
+    # what DeviceIterator reads ahead unless told otherwise (an attribute: the dataset stays a plain MapDataset)
+    dataset.read_ahead = REMOTE_READ_AHEAD if any(getattr(s.store, "remote", False) for s in _as_sources(stream)) else 0
+    return dataset
 
 
 def eval_batches(stream, seq_len: int, global_batch: int, max_batches: int,
@@ -117,7 +137,7 @@ def eval_batches(stream, seq_len: int, global_batch: int, max_batches: int,
     if rows is None:
         local = global_batch // process_count
         rows = range(process_index * local, (process_index + 1) * local)
-    return [np.stack([windows[(b * global_batch + int(r)) % len(windows)] for r in rows]) for b in range(n)]
+    return [np.stack(windows._getitems([(b * global_batch + int(r)) % len(windows) for r in rows])) for b in range(n)]
 
 
 class DeviceIterator:
@@ -129,22 +149,26 @@ class DeviceIterator:
     positions, valid only for the same worker count, so a restore starts the MapDataset at the
     consumed global batch (dataset[k:]) instead, which gives the same batches for any worker count.
     `mixture` [(name, weight)] and `row_tokens` make `log_fields()` report tokens consumed per source.
+    `read_ahead`: batches read ahead in threads (grain's ReadOptions; in each worker with workers>0), ordered, so
+    data and state are the same for any value; by default the dataset's own (train_dataset: REMOTE_READ_AHEAD from
+    a bucket, 0 locally).
     """
 
     def __init__(self, dataset: grain.MapDataset, sharding: jax.sharding.Sharding, prefetch: int = 2,
                  state: dict | None = None, *, workers: int = 0, mixture: list | None = None,
-                 global_batch: int = 0, row_tokens: int = 0):
+                 global_batch: int = 0, row_tokens: int = 0, read_ahead: int | None = None):
         self._consumed = int(state["next_index"]) if state else 0
+        self.read_ahead = int(getattr(dataset, "read_ahead", 0) if read_ahead is None else read_ahead)
+        read = grain.ReadOptions(num_threads=self.read_ahead, prefetch_buffer_size=self.read_ahead)
         if workers > 0:
             from absl import flags  # noqa: PLC0415
 
             if not flags.FLAGS.is_parsed():  # grain reads its absl flags; library use has no absl main
                 flags.FLAGS.mark_as_parsed()
-            self._it = iter(dataset[self._consumed:].to_iter_dataset(
-                grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)).mp_prefetch(
+            self._it = iter(dataset[self._consumed:].to_iter_dataset(read).mp_prefetch(
                 grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=max(1, prefetch))))
         else:
-            self._it = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)).__iter__()
+            self._it = dataset.to_iter_dataset(read).__iter__()
             if self._consumed:
                 self._it.set_state({"next_index": self._consumed})
         self._sharding = sharding
@@ -168,6 +192,13 @@ class DeviceIterator:
 
     def state(self) -> dict:
         return {"next_index": self._consumed}
+
+    def close(self) -> None:
+        """Stops reading ahead (grain's threads or worker processes); batches already read are dropped."""
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
+        self._queue.clear()
 
     def log_fields(self) -> dict:
         """{'tokens_<source>': tokens consumed from each mixture source so far} (empty without a mixture)."""

@@ -32,7 +32,6 @@ import multiprocessing
 import os
 import queue as queue_lib
 import sys
-import threading
 
 import numpy as np
 from etils import epath
@@ -357,79 +356,3 @@ def tokenize_files(paths: list[epath.Path], out: epath.Path, info: tokenizers_li
     storage.atomic_write_text(out / "tokenizer.json", tok_json)
     storage.atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
     return manifest
-
-
-# ----------------------------------------------------------------------------------------------
-# Token stores
-
-
-class TokenStore:
-    """The concatenated token ids of one or more tokenized directories, read lazily.
-
-    `len(store)` tokens; `store[a:b]` -> int32 array, read with os.pread from local shards (no
-    memory map: resident memory stays at the windows actually being read) or with a ranged read
-    from remote ones. File handles open on first use, per process (the store pickles without them,
-    for grain worker processes).
-    """
-
-    def __init__(self, parts: list[tuple[epath.Path, dict]]):
-        self.parts = [(epath.Path(str(d)), m) for d, m in parts]
-        self.shards: list[tuple[str, np.dtype]] = []
-        counts = []
-        for directory, manifest in self.parts:
-            dtype = np.dtype(manifest["dtype"]).newbyteorder("<")
-            for s in manifest["shards"]:
-                self.shards.append((str(directory / "shards" / s["name"]), dtype))
-                counts.append(s["tokens"])
-        self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-        self._handles: dict = {}
-        self._lock = threading.Lock()
-
-    def __getstate__(self):
-        return {"parts": [(str(d), m) for d, m in self.parts]}
-
-    def __setstate__(self, state):
-        self.__init__(state["parts"])
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def _read(self, shard: int, start: int, count: int) -> np.ndarray:
-        path, dtype = self.shards[shard]
-        nbytes, offset = count * dtype.itemsize, start * dtype.itemsize
-        handle = self._handles.get(shard)
-        if handle is None:
-            with self._lock:
-                if storage.is_remote(path):
-                    handle = epath.Path(path).open("rb")
-                else:
-                    handle = os.open(path, os.O_RDONLY)
-                self._handles[shard] = handle
-        if isinstance(handle, int):
-            buf = os.pread(handle, nbytes, offset)
-        else:
-            with self._lock:  # one remote file object per shard: seek+read must not interleave
-                handle.seek(offset)
-                buf = handle.read(nbytes)
-        if len(buf) != nbytes:
-            raise DataError(f"{path} is shorter than its manifest says ({len(buf)} of {nbytes} bytes at {offset}); "
-                            "re-run tokenize")
-        return np.frombuffer(buf, dtype)
-
-    def __getitem__(self, key) -> np.ndarray:
-        if not isinstance(key, slice) or key.step not in (None, 1):
-            raise TypeError("TokenStore supports contiguous slices only")
-        start, stop, _ = key.indices(len(self))
-        out = []
-        shard = int(np.searchsorted(self.offsets, start, side="right")) - 1
-        pos = start
-        while pos < stop:
-            end = min(stop, int(self.offsets[shard + 1]))
-            out.append(self._read(shard, pos - int(self.offsets[shard]), end - pos).astype(np.int32))
-            pos, shard = end, shard + 1
-        return np.concatenate(out) if out else np.zeros(0, np.int32)
-
-    def close(self) -> None:
-        for h in self._handles.values():
-            os.close(h) if isinstance(h, int) else h.close()
-        self._handles = {}

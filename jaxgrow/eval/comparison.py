@@ -249,9 +249,9 @@ def compare(results: dict, seeds: list) -> dict:
         entry = {"name": name, "arms": {}}
         for a in arms:
             agg = stats.aggregate_metrics([member_metrics(results[a][s], i, name) for s in seeds])
-            row = {"train_flops": _members(results, a, seeds[0])[i]["train_flops"],
-                   "tokens": _members(results, a, seeds[0])[i].get("tokens"),
-                   "peak_lr": _members(results, a, seeds[0])[i].get("peak_lr")}
+            first_run = _members(results, a, seeds[0])[i]
+            row = {"train_flops": first_run["train_flops"], "tokens": first_run.get("tokens"),
+                   "non_embedding_params": first_run.get("non_embedding_params"), "peak_lr": first_run.get("peak_lr")}
             for metric, summary in agg.items():
                 row[f"{metric}_mean"] = summary["mean"]
                 row[f"{metric}_ci95"] = summary["ci95"]

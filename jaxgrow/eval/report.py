@@ -35,9 +35,9 @@ PLOTS = {"eval_loss_vs_flops.png": "held-out loss vs cumulative train FLOPs",
 def read_metrics(workdir: Path) -> list[dict]:
     """metrics.jsonl records; for repeated (stage, step, kind) after a resume the last one wins. A torn record (a
     kill or a full disk mid-write) is skipped with a warning."""
-    records, skipped = storage.read_jsonl(storage.join(workdir, "metrics.jsonl"))
+    records, skipped = storage.read_metrics(workdir)
     if skipped:
-        log.warning("%s: skipped %d torn record(s)", storage.join(workdir, "metrics.jsonl"), skipped)
+        log.warning("%s: skipped %d torn metrics record(s)", workdir, skipped)
     latest: dict[tuple, dict] = {}
     for r in records:
         latest[(r.get("stage"), r.get("step"), "eval_loss" in r, "bench_suite" in r)] = r

@@ -27,7 +27,7 @@ from jaxgrow.family.budgets import StageBudget, budgets, lr_schedule, tokens_per
 from jaxgrow.family.growth import grow, stage_key
 from jaxgrow.family.workdir import member_dir, member_params, restore_member, stage_dir
 from jaxgrow.model import sharding
-from jaxgrow.train import checkpoint, faults, logs, schedules, trainer
+from jaxgrow.train import checkpoint, compile_cache, faults, logs, schedules, trainer
 
 
 log = logging.getLogger("jaxgrow")
@@ -61,9 +61,10 @@ def prepare(cfg: Any, workdir: Path) -> Setup:
     workdir_lib.check_workdir_writable(workdir)
     workdir_lib.check_expand_finished(workdir)
     lock.check_free(workdir)
-    if storage.is_remote(workdir) and jax.process_count() > 1:
-        raise config_lib.ConfigError(f"--workdir={workdir}: a remote workdir needs a single process (its checkpoints "
-                                     "are staged on local disk); give a shared filesystem path for multi-process runs")
+    if checkpoint.kind(workdir) == "staged" and jax.process_count() > 1:
+        raise config_lib.ConfigError(f"--workdir={workdir}: an {storage.scheme(workdir)}:// workdir is staged through "
+                                     "local disk by one process (orbax 0.12.8 cannot write it itself); a multi-host "
+                                     "run needs a gs:// bucket (written by every host) or a shared filesystem")
     mesh = sharding.make_mesh(cfg.mesh)
     if jax.process_count() > 1:
         log.info("mesh %s over %d processes; axes spanning processes: %s", dict(mesh.shape), jax.process_count(),
@@ -80,6 +81,7 @@ def prepare(cfg: Any, workdir: Path) -> Setup:
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         lock.acquire(workdir)
+    compile_cache.configure(cfg, workdir)  # before the first compilation (W/xla_cache appears only now)
     workdir_lib.write_config(cfg, workdir)
     if jax.process_index() == 0:
         corpus_lib.save_cache(corpus, workdir)
@@ -92,6 +94,13 @@ def prepare(cfg: Any, workdir: Path) -> Setup:
                                      rows=sharding.process_rows(batch_sharding, cfg.data.batch_size))
     eval_batches = [jax.make_array_from_process_local_data(batch_sharding, b) for b in host_batches]
     return Setup(cfg, workdir, mesh, corpus, eval_batches, stages, lineage=workdir_lib.read_lineage(workdir))
+
+
+def async_saves(cfg: Any, workdir: Path) -> bool:
+    """Asynchronous checkpoint saves: when asked, and by default on gs:// workdirs (a save there uploads the whole
+    state; the loop goes on and the next save, or the end of the stage, waits for it)."""
+    return bool(cfg.checkpoint.async_save or (checkpoint.kind(workdir) == "gs"
+                                              and cfg.checkpoint.get("async_save_remote", True)))
 
 
 def expand_state(setup: Setup, prev: StageBudget, stage: StageBudget, optimizer):
@@ -150,7 +159,7 @@ def _run_one_stage(setup: Setup, stage: StageBudget, flops_before: float, steps_
                                    document_eos=setup.corpus.document_eos(cfg.data))
     optimizer, abstract = compiled.optimizer, compiled.abstract
 
-    ckpts = checkpoint.Checkpoints(stage_dir(workdir, stage), keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+    ckpts = checkpoint.Checkpoints(stage_dir(workdir, stage), keep=cfg.checkpoint.keep, async_save=async_saves(cfg, workdir))
     restored = ckpts.restore_latest_good(abstract.params, abstract.opt_state)
     teacher_params = None
     if restored is not None:
@@ -178,10 +187,11 @@ def _run_one_stage(setup: Setup, stage: StageBudget, flops_before: float, steps_
     batch_sharding = sharding.batch_sharding(mesh)
     dataset = pipeline.train_dataset(setup.corpus.train_sources, cfg.data.seq_len, cfg.data.batch_size, cfg.seed,
                                  rows=sharding.process_rows(batch_sharding, cfg.data.batch_size))
+    read_ahead = int(cfg.data.get("read_ahead", -1))
     data_iter = pipeline.DeviceIterator(dataset, batch_sharding, cfg.data.prefetch, data_state,
-                                    workers=cfg.data.get("workers", 0), global_batch=cfg.data.batch_size,
-                                    mixture=[(s.name, s.weight) for s in setup.corpus.train_sources],
-                                    row_tokens=cfg.data.seq_len)
+                                        workers=cfg.data.get("workers", 0), global_batch=cfg.data.batch_size,
+                                        mixture=[(s.name, s.weight) for s in setup.corpus.train_sources],
+                                        row_tokens=cfg.data.seq_len, read_ahead=None if read_ahead < 0 else read_ahead)
     per_step = tokens_per_step(cfg)
     spec = trainer.StageSpec(
         index=stage.index, name=stage.name, model_cfg=stage.model, steps=stage.steps, tokens_per_step=per_step,
@@ -190,11 +200,14 @@ def _run_one_stage(setup: Setup, stage: StageBudget, flops_before: float, steps_
         teacher_active_steps=stage.teacher_active_steps, flops_offset=flops_before, step_offset=steps_before,
         meta=checkpoint.Meta(stage=stage.index, member=stage.name, mode=cfg.mode, model=stage.model.to_dict()))
     with jax.set_mesh(mesh):
-        state = trainer.run_stage(spec, state, compiled.train_step, compiled.eval_step, data_iter, setup.eval_batches,
-                                ckpts, metrics_log, cfg, workdir, signals, teacher_params, goodput=setup.goodput,
-                                after_eval=_benchmark_hook(cfg, stage, workdir, metrics_log))
+        try:
+            state = trainer.run_stage(spec, state, compiled.train_step, compiled.eval_step, data_iter,
+                                      setup.eval_batches, ckpts, metrics_log, cfg, workdir, signals, teacher_params,
+                                      goodput=setup.goodput, after_eval=_benchmark_hook(cfg, stage, workdir, metrics_log))
+        finally:
+            data_iter.close()  # read-ahead threads of a bucket store end with the stage
         with setup.goodput.measure("checkpoint") if setup.goodput else contextlib.nullcontext():
-            final = checkpoint.Checkpoints(member_dir(workdir, stage.name), async_save=cfg.checkpoint.async_save)
+            final = checkpoint.Checkpoints(member_dir(workdir, stage.name), async_save=async_saves(cfg, workdir))
             final.save(stage.steps, state.params, state.opt_state, spec.meta.replace(
                 data_state=data_iter.state(), nonfinite=int(jax.device_get(state.nonfinite))))
             faults.point("member_saving")

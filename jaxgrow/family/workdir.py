@@ -256,9 +256,9 @@ def restore_member(workdir: Path, stage: StageBudget, optimizer, mesh, with_opt:
         final = stage_dir(workdir, stage)
         if step != stage.steps or not checkpoint.step_is_committed(final, stage.steps):
             raise config_lib.InputError(
-                f"{directory}/{step} is damaged ({e}); it was moved to {directory}/corrupt/{step} and stage "
-                f"{stage.index}'s final checkpoint {final}/{stage.steps} is not there to rebuild it from: rerun "
-                f"train with the run's config to retrain {stage.name} from its last good stage checkpoint") from None
+                f"{directory}/{step} is damaged ({str(e)[:80]}); moved to corrupt/{step}, and stage {stage.index}'s "
+                f"final checkpoint {final}/{stage.steps} is not there to rebuild it from: rerun train with the run's "
+                f"config to retrain {stage.name} from its last good stage checkpoint") from None
         log.warning("member checkpoint %s/%d is damaged (%s); moved to %s/corrupt/%d and rebuilt from %s/%d", directory,
                     step, e, directory, step, final, stage.steps)
         checkpoint.copy_step(final, directory, stage.steps)

@@ -7,17 +7,22 @@ uint32 sum of its bits, computed on device, order independent, so it matches und
 restore recomputes them. A step that fails to restore or whose checksums differ is reported,
 moved aside to `<dir>/corrupt/<step>` (kept, never deleted) and the next older step is tried.
 
-Remote directories (gs://, s3://): orbax 0.12.8 cannot write them itself (its tensorstore spec
-builder turns `s3://b/x` into `s3:/b/x` and refuses it), and an object store has no atomic rename
-anyway. So a remote `Checkpoints` runs orbax on a local staging directory and mirrors it: a save
-writes the step locally, uploads every file of it, and only then writes `<step>/COMMITTED` (a JSON
-list of the step's files and sizes) as the last object. Only steps with that marker exist: a
-killed upload leaves a prefix without it, which is ignored and cleared before that step is saved
-again. Restore downloads exactly the listed files (sizes checked) into staging and restores them
-with orbax there; the rolling `keep` deletes only committed steps older than the newest committed
-one (the marker first, so a half-deleted step never looks committed). Remote saves block until
-the upload is committed (async_save applies to local directories). Single process only: orbax
-would need a shared staging filesystem across hosts.
+Three kinds of directory:
+- local: orbax on the path (temporary directory, then rename); async saves when asked.
+- gs:// (written straight to the bucket from every host): orbax/tensorstore write each process's shards in place
+  and process 0 writes `<step>/commit_success.txt` last, after a barrier (orbax's commit-file atomicity, the
+  default on GCS); a step exists only when its marker does, so a save killed half-way leaves a prefix that is
+  ignored, and orbax removes it. Saves are asynchronous by default (checkpoint.async_save_remote): training goes
+  on while the previous step uploads, and the next save or the end of the stage waits for it. Any number of
+  processes; restore onto any topology.
+- s3:// (staged): orbax 0.12.8 cannot write s3:// itself (it normalises `s3://b/x` to `s3:/b/x` and then writes
+  a local `./s3:/...` folder), so orbax runs on a local staging directory and jaxgrow mirrors it: a save writes
+  the step locally, uploads every file of it, and only then writes `<step>/COMMITTED` (a JSON list of the step's
+  files and sizes) as the last object. Restore downloads exactly the listed files (sizes checked, the optimizer
+  state only when it is restored); single process only (the staging disk is not shared). Multi-host runs refuse
+  an s3:// workdir with one line naming gs:// or a shared filesystem.
+In all three the rolling `keep` deletes only committed steps, quarantine copies a damaged step to corrupt/<step>
+and retires the original's commit first, and params-only restores (eval, export, sample) read no optimizer state.
 """
 
 from __future__ import annotations
@@ -126,24 +131,37 @@ def _staging_dir() -> Path:
     return storage.scratch_dir("ckpt-staging")
 
 
+GCS_MARKER = "commit_success.txt"  # orbax's commit file on GCS (atomicity_types.COMMIT_SUCCESS_FILE)
+
+
+def kind(directory: str | Path | epath.Path) -> str:
+    """'local', 'gs' (written straight from every host) or 'staged' (s3:// and other object stores)."""
+    scheme = storage.scheme(directory)
+    return "local" if not scheme else ("gs" if scheme == "gs" else "staged")
+
+
 class Checkpoints:
     """A directory of step checkpoints with a rolling `keep` policy (keep=None keeps all).
 
-    `directory` may be local or remote (gs://, s3://; staged locally, see the module doc)."""
+    `directory` may be local, gs:// (orbax writes the bucket itself) or s3:// (staged locally); see the module
+    doc. async_save: asynchronous saves (the default on gs://, where a save uploads the whole state)."""
 
     def __init__(self, directory: str | Path | epath.Path, keep: int | None = None, async_save: bool = False):
-        self.remote = storage.is_remote(directory)
+        self.kind = kind(directory)
+        self.remote = self.kind == "staged"  # the staged mirror (s3://): uploads and downloads through staging
         self.keep = keep
         if self.remote:
             if jax.process_count() > 1:
-                raise RuntimeError(f"{directory}: remote checkpoints are staged on local disk, which needs a single "
-                                   "process; give a shared filesystem path for multi-process runs")
+                raise storage.StorageError(
+                    f"{directory}: s3:// checkpoints are staged through local disk by one process (orbax 0.12.8 "
+                    "cannot write s3:// itself); a multi-host run needs a gs:// bucket or a shared filesystem")
             self.directory = epath.Path(str(directory))
             self._staging = _staging_dir()
             local_dir, keep, async_save = self._staging, None, False  # staging holds at most one step at a time
+        elif self.kind == "gs":
+            self.directory = local_dir = epath.Path(str(directory))
         else:
             self.directory = local_dir = Path(directory).absolute()  # orbax refuses relative paths
-        if not self.remote:
             self._quarantine_incomplete()
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                                cleanup_tmp_directories=True, create=True)
@@ -167,16 +185,16 @@ class Checkpoints:
     def steps(self) -> list[int]:
         if self.remote:
             return committed_steps(self.directory)
+        if self.kind == "gs":
+            self._mgr.reload()  # another process (or a killed one) may have committed or removed steps
         return sorted(self._mgr.all_steps())
 
     def latest_step(self) -> int | None:
-        if self.remote:
-            steps = self.steps()
-            return steps[-1] if steps else None
-        return self._mgr.latest_step()
+        steps = self.steps()
+        return steps[-1] if steps else None
 
     def save(self, step: int, params: Any, opt_state: Any, meta: Meta) -> None:
-        """Saves (blocking unless async_save on a local directory)."""
+        """Saves (blocking unless async_save; the staged s3:// mirror always blocks)."""
         meta = dict(meta.to_json(), step=int(step), layout_version=layout.LAYOUT_VERSION,
                     checksums={"params": checksums(params), "opt_state": checksums(opt_state)})
         self._mgr.wait_until_finished()
@@ -295,21 +313,24 @@ class Checkpoints:
 
     def _quarantine(self, step: int) -> None:
         if jax.process_index() == 0:
-            if self.remote:
-                src, dest = self.directory / str(step), self.directory / "corrupt" / str(step)
+            src, dest = storage.join(self.directory, str(step)), storage.join(self.directory, "corrupt", str(step))
+            if self.kind == "local":
+                Path(str(dest)).parent.mkdir(parents=True, exist_ok=True)
+                if Path(str(dest)).exists():
+                    shutil.rmtree(str(dest))
+                shutil.move(str(src), str(dest))
+            else:
                 storage.remove_tree(dest)
                 # copy everything (marker included, so the copy stays inspectable), then retire the
                 # original marker first: from then on the step no longer exists, even if killed here
                 for rel in storage.list_files(src):
                     storage.copy_file(src / rel, dest / rel)
-                (src / COMMIT_MARKER).unlink()
+                (src / (COMMIT_MARKER if self.remote else GCS_MARKER)).unlink(missing_ok=True)
                 storage.remove_tree(src)
-            else:
-                dest = self.directory / "corrupt" / str(step)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                if dest.exists():
-                    shutil.rmtree(dest)
-                shutil.move(str(self.directory / str(step)), str(dest))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils  # noqa: PLC0415
+
+            multihost_utils.sync_global_devices(f"jaxgrow-quarantine-{step}")
         self._mgr.reload()
 
     def close(self) -> None:
@@ -320,12 +341,14 @@ class Checkpoints:
 
 
 def committed_steps(directory: epath.Path | str) -> list[int]:
-    """Steps of a remote checkpoint directory whose upload was committed (marker present)."""
+    """Steps of an object-store checkpoint directory whose commit marker is present (gs://: orbax's
+    commit_success.txt; s3://: the staged mirror's COMMITTED)."""
     storage.refresh(directory)  # another process may have committed or removed steps since
     d = epath.Path(str(directory))
     if not d.exists():
         return []
-    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and (p / COMMIT_MARKER).exists())
+    marker = GCS_MARKER if kind(directory) == "gs" else COMMIT_MARKER
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and (p / marker).exists())
 
 
 def has_checkpoint(directory: str | Path | epath.Path) -> bool:
@@ -339,7 +362,7 @@ def has_checkpoint(directory: str | Path | epath.Path) -> bool:
 
 
 def step_is_committed(directory: str | Path | epath.Path, step: int) -> bool:
-    """Whether `directory` holds a whole step `step` (every item; remote: its commit marker)."""
+    """Whether `directory` holds a whole step `step` (every item; an object store: its commit marker)."""
     if storage.is_remote(directory):
         return step in committed_steps(directory)
     d = Path(str(directory)) / str(step)
@@ -353,7 +376,7 @@ def copy_step(src_dir: str | Path | epath.Path, dst_dir: str | Path | epath.Path
     files = storage.list_files(src)
     if storage.is_remote(dst):
         storage.remove_tree(dst)
-        for rel in sorted(files, key=lambda r: r == COMMIT_MARKER):
+        for rel in sorted(files, key=lambda r: r in (COMMIT_MARKER, GCS_MARKER)):  # the commit marker last
             storage.copy_file(storage.join(src, rel), storage.join(dst, rel))
         return
     dst = Path(str(dst))

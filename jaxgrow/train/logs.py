@@ -36,16 +36,18 @@ class MetricsLog:
     the whole family: `step` plus the steps of the stages before it (`step_offset`, recorded by the
     loop; 0 for the first stage), so every stage's curve continues where the previous one ended.
 
-    Remote workdirs (gs://, s3://): an object store has no append, so metrics.jsonl is kept in
-    memory (the existing object read once at start) and the whole object is rewritten atomically
-    on every write: as durable as the local append (a record logged before a checkpoint is stored
-    before it), at the cost of O(file size) bytes per write, a few MB for a long run. TensorBoard
-    writes to a local mirror directory whose event files are uploaded to <workdir>/tb/ at most
-    every TB_UPLOAD_SECONDS and on close (a kill loses at most that much of the TensorBoard mirror;
-    metrics.jsonl keeps every record).
+    Remote workdirs (gs://, s3://): an object store has no append, so records go to parts
+    metrics/NNNNN.jsonl of at most PART_RECORDS records: a write rewrites only the current part (bounded bytes per
+    write, not the whole history), a part is never reopened by a later process (a restart starts the next index),
+    and every reader (report, tests) sees one stream through storage.read_metrics, which concatenates
+    metrics.jsonl and the parts in order. As durable as the local append: a record logged before a checkpoint is
+    stored before it. TensorBoard writes to a local mirror directory whose event files are uploaded to
+    <workdir>/tb/ at most every TB_UPLOAD_SECONDS and on close (a kill loses at most that much of the TensorBoard
+    mirror; the metrics keep every record).
     """
 
     TB_UPLOAD_SECONDS = 60.0
+    PART_RECORDS = 200
 
     def __init__(self, workdir, enabled: bool | None = None):
         if enabled is None:
@@ -60,7 +62,11 @@ class MetricsLog:
             from tensorboardX import SummaryWriter  # noqa: PLC0415
 
             if self._remote:
-                self._lines = _without_torn_tail(self._path.read_bytes() if self._path.exists() else b"")
+                parts = storage.list_files(storage.join(workdir, storage.METRICS_PARTS))
+                numbers = [int(p.split(".")[0]) for p in parts if p.endswith(".jsonl") and p.split(".")[0].isdigit()]
+                self._part = max(numbers, default=-1) + 1  # a new process never rewrites an earlier part
+                self._part_lines: list[bytes] = []
+                self._parts_dir = storage.join(workdir, storage.METRICS_PARTS)
                 self._tb_remote = storage.join(workdir, "tb")
                 storage.sweep_scratch("tb")  # mirrors of killed runs (their events were uploaded up to a minute ago)
                 self._tb_local = str(storage.scratch_dir("tb"))
@@ -86,15 +92,21 @@ class MetricsLog:
             return
         line = json.dumps(record) + "\n"
         if self._remote:
-            self._lines += line.encode("utf-8")
-            storage.atomic_write_bytes(self._path, self._lines)
+            if len(self._part_lines) >= self.PART_RECORDS:
+                self._part, self._part_lines = self._part + 1, []
+            self._part_lines.append(line.encode("utf-8"))
+            storage.atomic_write_bytes(storage.join(self._parts_dir, f"{self._part:05d}.jsonl"),
+                                       b"".join(self._part_lines))
         else:
             with open(self._path, "a") as f:
                 f.write(line)
         step = self.global_step(record)
+        # an eval record repeats the step's train_flops (the report plots eval loss against it): TensorBoard gets it
+        # once, from the train record
+        skip = ("step", "step_offset", "stage") + (("train_flops",) if "eval_loss" in record or "bench_suite" in record
+                                                   else ())
         for key, value in record.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("step", "step_offset",
-                                                                                             "stage"):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in skip:
                 self._tb.add_scalar(f"{record.get('member', 'run')}/{key}", value, step)
         self._tb.flush()
         if self._remote and time.monotonic() - self._tb_uploaded >= self.TB_UPLOAD_SECONDS:
