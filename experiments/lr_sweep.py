@@ -252,7 +252,7 @@ def run(argv) -> None:
         # member 0 keeps its from-scratch peak (it is trained from scratch in every arm); grown members follow the fit
         first = (stages[0].non_embedding_params, first_peak)
         grown = [(n, fit["a"] * n ** -fit["alpha"]) for n in ns]
-        rule["lr"] = {"rule": "table", "table": ",".join(f"{int(n)}:{p:.6g}" for n, p in [first] + grown)}
+        rule["lr"] = {"rule": "table", "table": ",".join(f"{int(n)}:{float(p)!r}" for n, p in [first] + grown)}
         rule["fit_scratch"] = scratch_rule["fit"]
         rule["first_member"] = {"name": stages[0].name, "peak": first_peak, "from": str(FLAGS.lr_rule_file)}
         rule["lineage_peaks"] = dict(zip([s.name for s in stages], chosen))

@@ -28,7 +28,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 from etils import epath
 
@@ -223,11 +223,17 @@ def _owner_alive(directory: Path) -> bool:
             return False
     if owner.get("host") != socket.gethostname():
         return True  # another machine's (a shared /tmp): not ours to judge
+    return local_process_alive(owner.get("pid"))
+
+
+def local_process_alive(pid: Any) -> bool:
+    """Whether this host has a process `pid` (one we may not signal, or an unreadable pid, counts as alive: a
+    holder is only ever taken over when it is surely gone)."""
     try:
-        os.kill(int(owner["pid"]), 0)
+        os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, KeyError, ValueError, TypeError):
+    except (PermissionError, ValueError, TypeError):
         return True
     return True
 

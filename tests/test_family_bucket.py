@@ -74,9 +74,12 @@ def test_two_hosts_write_gcs_directly_killed_mid_async_save_then_resume_on_one(t
     run_cli(*ARGS, "--workdir", str(reference), devices=4, check=True, timeout=1500)
     got, want = member_arrays(run), member_arrays(reference)
     assert got.keys() == want.keys() == {"small", "medium", "large"}
-    for name in want:  # two processes reduce in another order than one: equal to float-reduction order
+    # two processes reduce in another order than one, and Adam's 1/sqrt(nu) amplifies the last-bit
+    # differences over a few steps: measured up to 1.8e-6 absolute on O(0.02) weights. A wrong resume
+    # (a lost step, a wrong batch) moves weights by ~lr = 1e-3, far outside these bounds.
+    for name in want:
         for a, b in zip(got[name], want[name], strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)
     report = json.loads(fs.cat(f"{run}/report.json"))
     assert [m["name"] for m in report["members"]] == ["small", "medium", "large"]
 

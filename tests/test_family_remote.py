@@ -154,3 +154,37 @@ def test_family_in_a_gcs_workdir_resumes_after_sigkill(gcs_emulator):
     report = json.loads(fs.cat(f"{run}/report.json"))
     assert [m["name"] for m in report["members"]] == ["small", "medium", "large"]
     assert all(np.isfinite(m["eval_loss"]) for m in report["members"])
+
+
+@pytest.mark.slow
+def test_a_store_that_stops_answering_mid_run_ends_with_one_line_and_the_last_checkpoint_restores(s3_emulator):
+    """The bucket stops answering during a run (the proxy in front of the emulator closes: connections reset, then
+    refused): after the storage libraries' retries the run ends with one line naming the endpoint, exit 1, and the
+    same command on a live endpoint resumes from the last committed checkpoint."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    from latency_proxy import LatencyProxy  # noqa: PLC0415
+
+    run = f"{B}/outage"
+    args = ("--config", "configs/family_tiny.py", "--config.budget_scale=0.1", "--config.log.progress=False",
+            "--config.checkpoint.every_steps=1", "--workdir", run)
+    host, port = s3_emulator["AWS_ENDPOINT_URL"].removeprefix("http://").split(":")
+    with LatencyProxy(host, int(port), latency_ms=0) as proxy:
+        endpoint = f"127.0.0.1:{proxy.port}"
+        proc = subprocess.Popen([sys.executable, "-m", "jaxgrow.main", *args], cwd=REPO, text=True,
+                                env=_cli_env({**s3_emulator, "AWS_ENDPOINT_URL": f"http://{endpoint}"}, 1),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        medium = f"{run}/stages/1-medium"
+        deadline = time.time() + 600
+        while not checkpoint.committed_steps(medium) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+    # the proxy is gone: every request of the run now fails
+    _, stderr = proc.communicate(timeout=600)
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    assert proc.returncode == 1, stderr[-3000:]
+    assert lines[-1].startswith("jaxgrow: error: ") and endpoint in lines[-1], "\n".join(lines[-8:])
+    assert "Traceback" not in stderr
+    committed = checkpoint.committed_steps(medium)
+    assert committed and not checkpoint.has_checkpoint(f"{run}/members/large")
+    resumed = run_cli(*args, env=s3_emulator, check=True)  # the same command, the store answering again
+    assert f"stage 1 (medium): resumed at step {committed[-1]}/" in resumed.stderr, resumed.stderr[-3000:]
+    assert storage.join(run, "report.json").exists()

@@ -5,6 +5,7 @@ import struct
 
 from tensorboardX.proto import event_pb2
 
+from jaxgrow import storage
 from jaxgrow.train import logs
 
 
@@ -54,12 +55,23 @@ def test_remote_metrics_survive_a_restart_and_tensorboard_is_uploaded(s3_emulato
     first = logs.MetricsLog(run, enabled=True)
     first.write({"stage": 0, "member": "small", "step": 10, "loss": 5.0})
     # every write is in the bucket at once (a kill after it loses nothing), with no close()
-    assert [json.loads(x)["step"] for x in fs.cat(f"{run}/metrics.jsonl").decode().splitlines()] == [10]
+    records, torn = storage.read_metrics(run)
+    assert [r["step"] for r in records] == [10] and torn == 0
+    assert fs.ls(f"{run}/metrics") == ["jaxgrow-test/run/metrics/00000.jsonl"]
     first.close()
-    second = logs.MetricsLog(run, enabled=True)  # a resumed process appends after the existing records
+    second = logs.MetricsLog(run, enabled=True)  # a resumed process starts the next part: the first is never rewritten
     second.write({"stage": 0, "member": "small", "step": 20, "loss": 4.0})
     second.close()
-    lines = [json.loads(x) for x in fs.cat(f"{run}/metrics.jsonl").decode().splitlines()]
-    assert [(r["step"], r["loss"]) for r in lines] == [(10, 5.0), (20, 4.0)]
+    records, _ = storage.read_metrics(run)
+    assert [(r["step"], r["loss"]) for r in records] == [(10, 5.0), (20, 4.0)]
+    assert sorted(fs.ls(f"{run}/metrics")) == ["jaxgrow-test/run/metrics/00000.jsonl",
+                                               "jaxgrow-test/run/metrics/00001.jsonl"]
+    # a part rolls over after PART_RECORDS records: a write rewrites a bounded object, not the whole history
+    third = logs.MetricsLog(run, enabled=True)
+    for step in range(logs.MetricsLog.PART_RECORDS + 1):
+        third.write({"stage": 1, "member": "large", "step": step, "loss": 3.0})
+    third.close()
+    records, _ = storage.read_metrics(run)
+    assert len(records) == 2 + logs.MetricsLog.PART_RECORDS + 1 and len(fs.ls(f"{run}/metrics")) == 4
     fs.get(f"{run}/tb/", str(tmp_path / "tb"), recursive=True)
     assert sorted(read_scalars(tmp_path / "tb")["small/loss"]) == [(10, 5.0), (20, 4.0)]

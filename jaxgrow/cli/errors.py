@@ -85,8 +85,15 @@ def boundary(fn: Callable[[], int | None], verbosity: Callable[[], int] = lambda
         root = e
         while (root.__cause__ or root.__context__) is not None and not isinstance(root, OSError):
             root = root.__cause__ or root.__context__
+        _release_workdir_locks()  # now, not at exit: what it may warn about comes before the one error line
         return fail(f"{cause}: {type(root).__name__}: {_first_line(root)} (the last committed checkpoint is kept; "
                     "rerun the same command once that is fixed; --verbosity=1 shows the traceback)", code=1)
+
+
+def _release_workdir_locks() -> None:
+    lock = sys.modules.get("jaxgrow.family.lock")  # loaded only by commands that took a workdir's lock
+    if lock is not None:
+        lock.release_all()
 
 
 def script_main(run_fn: Callable[[list[str]], Any]) -> Callable[[list[str]], None]:

@@ -17,6 +17,10 @@
 accepts only the flags listed for it in COMMAND_FLAGS (a new flag: DEFINE it below, add its name to
 its commands' rows). Bad input exits with code 2 and one line naming the field or file; nothing is
 written then.
+
+Why one file over ~450 lines: absl flags are process-global, so every subcommand's flags, the table of which
+command accepts which flag, and the dispatch that reads them are one namespace; split across files the table and
+the DEFINEs it checks would drift apart. The work each command does lives in commands.py, plan.py and the wings.
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ flags.DEFINE_string("draft", None, "Speculative decoding with this (smaller) mem
 flags.DEFINE_string("draft_workdir", None, "Workdir holding --draft (default: --workdir).")
 flags.DEFINE_integer("gamma", 4, "Draft tokens proposed per target call (speculative decoding).")
 flags.DEFINE_bool("speculative", False, "Also measure each adjacent pair's draft acceptance rate.")
-flags.DEFINE_integer("max_position_embeddings", 0, "config.json value (0 = the model's RoPE-usable context).")
+flags.DEFINE_integer("max_position_embeddings", 0, "config.json value (0 = the run's data.seq_len, the context it trained at).")
 flags.DEFINE_enum("export_dtype", "float32", ["float32", "bfloat16"], "Exported weight dtype.")
 flags.DEFINE_string("inputs", None, "Comma-separated globs of .txt/.jsonl/.jsonl.gz/.jsonl.zst/.parquet (local or gs://...).")
 flags.DEFINE_string("tokenizer", "", "A tokenizer: a Hugging Face tokenizer.json, a SentencePiece tokenizer.model or a "

@@ -230,6 +230,13 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
+def _memory_line(m: dict, aliased: bool = False) -> str:
+    """A compiled program's per-device memory analysis, as plan prints it."""
+    alias = f" (aliased {_gib(m.get('alias_size_in_bytes', 0))})" if aliased else ""
+    return (f"arguments {_gib(m.get('argument_size_in_bytes', 0))}, outputs {_gib(m.get('output_size_in_bytes', 0))}"
+            f"{alias}, temporaries {_gib(m.get('temp_size_in_bytes', 0))} per device")
+
+
 def _size(n: float) -> str:
     return _gib(n) if n >= 2**30 else _mib(n)
 
@@ -277,9 +284,7 @@ def print_plan(cfg: Any, compile_steps: bool = True, *, chip: str = "", hbm_gib:
         state = r["param_bytes_per_device"] + r["opt_bytes_per_device"]
         if "train_step_memory" in r:
             m = r["train_step_memory"]
-            print(f"  compiled train step ({r['train_step_compile_s']:.1f}s): arguments {_gib(m.get('argument_size_in_bytes', 0))}, "
-                  f"outputs {_gib(m.get('output_size_in_bytes', 0))} (aliased {_gib(m.get('alias_size_in_bytes', 0))}), "
-                  f"temporaries {_gib(m.get('temp_size_in_bytes', 0))} per device")
+            print(f"  compiled train step ({r['train_step_compile_s']:.1f}s): {_memory_line(m, aliased=True)}")
             if target and m:
                 r["train_step_fit"] = fit_verdict(m, target[1], cfg, mesh_shape, state, r["param_bytes_per_device"])
                 print(f"  train step on {target[0]}: {r['train_step_fit']}")
@@ -287,9 +292,8 @@ def print_plan(cfg: Any, compile_steps: bool = True, *, chip: str = "", hbm_gib:
             _print_traffic(r, backend)
         if "expansion_memory" in r:
             m = r["expansion_memory"]
-            print(f"  compiled expansion from the previous member ({r['expansion_compile_s']:.1f}s): arguments "
-                  f"{_gib(m.get('argument_size_in_bytes', 0))}, outputs {_gib(m.get('output_size_in_bytes', 0))}, "
-                  f"temporaries {_gib(m.get('temp_size_in_bytes', 0))} per device")
+            print(f"  compiled expansion from the previous member ({r['expansion_compile_s']:.1f}s): "
+                  f"{_memory_line(m)}")
             if target and m:
                 r["expansion_fit"] = fit_verdict(m, target[1], cfg, mesh_shape, state, r["param_bytes_per_device"],
                                                  train=False)

@@ -76,7 +76,7 @@ def fit_power(ns: Sequence[float], peaks: Sequence[float]) -> dict:
 def rule_lr(rule: str, ns: Sequence[float], peaks: Sequence[float], fit: dict) -> dict:
     """The config override for `rule`: 'table' interpolates the per-size optima, 'power' uses the fit."""
     if rule == "table":
-        return {"rule": "table", "table": ",".join(f"{int(n)}:{p:.6g}" for n, p in sorted(zip(ns, peaks)))}
+        return {"rule": "table", "table": ",".join(f"{int(n)}:{float(p)!r}" for n, p in sorted(zip(ns, peaks)))}
     if rule == "power":
         n_ref = int(ns[0])  # a parameter count (config.lr.n_ref is an int)
         return {"rule": "power", "n_ref": n_ref, "peak": float(fit["a"] * n_ref ** -fit["alpha"]),

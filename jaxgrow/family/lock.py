@@ -51,13 +51,7 @@ def _alive(holder: dict) -> bool:
     if not holder:
         return False
     if holder.get("host") == socket.gethostname():
-        try:
-            os.kill(int(holder["pid"]), 0)
-        except ProcessLookupError:
-            return False
-        except (PermissionError, KeyError, ValueError, TypeError):
-            return True
-        return True
+        return storage.local_process_alive(holder.get("pid"))
     return time.time() - float(holder.get("heartbeat", 0)) < LEASE_S
 
 
@@ -185,6 +179,6 @@ def held(workdir: Any, command: str = ""):
 
 
 @atexit.register
-def _release_all() -> None:
+def release_all() -> None:
     for held in list(_HELD.values()):
         held.release()

@@ -76,7 +76,7 @@ def _to_host(x: jax.Array) -> np.ndarray:
 
 
 def _shard_groups(entries: list, nbytes: list[int], max_shard_bytes: int) -> list[list[int]]:
-    """Greedy split in order (as hf._shards); a tensor larger than the limit gets a shard of its own."""
+    """Greedy split in order (as safetensors_files.split_shards); a tensor larger than the limit gets a shard of its own."""
     groups: list[list[int]] = [[]]
     size = 0
     for i in range(len(entries)):

@@ -1,5 +1,6 @@
-"""Hugging Face interchange: the weight and config mapping to / from `LlamaForCausalLM` and
-safetensors files. Nothing here trains, samples or knows the workdir layout.
+"""Hugging Face interchange: the weight and config mapping to / from `LlamaForCausalLM`, the tokenizer files of
+an export, and save_pretrained / load_params on top of safetensors_files.py (the file format). Nothing here trains,
+samples or knows the workdir layout.
 
 Library API:
     save_pretrained(params, model_cfg, out_dir, tokenizer=None, max_shard_bytes=2e9, ...) -> out_dir
@@ -56,28 +57,22 @@ from typing import Any, Callable
 
 import ml_dtypes
 import numpy as np
-from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
 from tokenizers import Tokenizer
 
-from jaxgrow import config as config_lib, storage
-from jaxgrow.config import InputError, rope_context
+from jaxgrow import config as config_lib
+from jaxgrow.config import rope_context
 from jaxgrow.data import tokenizers as tokenizers_lib
+from jaxgrow.interop import safetensors_files
+from jaxgrow.interop.safetensors_files import (  # noqa: F401  (re-exported: hf.read_safetensors, hf.INDEX_FILE, ...)
+    DEFAULT_MAX_SHARD_BYTES, INDEX_FILE, SINGLE_FILE, HFError, read_safetensors, write_safetensors)
 from jaxgrow.model import layout
 
 
 log = logging.getLogger("jaxgrow")
 
 
-DEFAULT_MAX_SHARD_BYTES = 2 * 10**9
 DEFAULT_MAX_POSITIONS = 2048
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
 IMPORTED_MEMBER = "model"  # an imported run is a one-member family (config.members empty)
-
-
-class HFError(InputError):
-    """An HF checkpoint or export target we cannot handle; one line naming the file or flag."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,116 +281,6 @@ def model_config_from_hf(hf: dict, source: str = "config.json") -> Any:
 
 
 # ----------------------------------------------------------------------------------------------
-# Safetensors files
-
-
-def _shards(tensors: dict[str, np.ndarray], max_shard_bytes: int) -> list[dict[str, np.ndarray]]:
-    """Greedy split in order; a tensor larger than the limit gets a shard of its own."""
-    shards: list[dict[str, np.ndarray]] = [{}]
-    size = 0
-    for name, x in tensors.items():
-        if shards[-1] and size + x.nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = x
-        size += x.nbytes
-    return shards
-
-
-def _remove_stale_weights(out_dir: Path) -> None:
-    for p in list(out_dir.glob("model*.safetensors")) + [out_dir / INDEX_FILE]:
-        if p.is_file():
-            p.unlink()
-
-
-def write_safetensors(tensors: dict[str, np.ndarray], out_dir: Path,
-                      max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> list[Path]:
-    """model.safetensors, or model-0000i-of-0000N.safetensors + model.safetensors.index.json."""
-    _remove_stale_weights(out_dir)
-    shards = _shards(tensors, max_shard_bytes)
-    if len(shards) == 1:
-        save_file(shards[0], str(out_dir / SINGLE_FILE), metadata={"format": "pt"})
-        return [out_dir / SINGLE_FILE]
-    files, weight_map = [], {}
-    for i, shard in enumerate(shards, 1):
-        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(out_dir / name), metadata={"format": "pt"})
-        weight_map.update({k: name for k in shard})
-        files.append(out_dir / name)
-    index = {"metadata": {"total_size": sum(x.nbytes for x in tensors.values()),
-                          "total_parameters": sum(x.size for x in tensors.values())},
-             "weight_map": weight_map}
-    _write_json(out_dir / INDEX_FILE, index)
-    return files
-
-
-def _safetensors_header(path: Path) -> tuple[dict, int]:
-    """(header: name -> {dtype, shape, data_offsets}, byte offset of the data section)."""
-    with open(path, "rb") as f:
-        header_len = int.from_bytes(f.read(8), "little")
-        return json.loads(f.read(header_len)), 8 + header_len
-
-
-def _read_bf16(path: Path, info: dict, data_start: int) -> np.ndarray:
-    """One BF16 tensor as float32 (exact): numpy has no bfloat16 and safetensors.numpy refuses it,
-    so the bytes are viewed as ml_dtypes.bfloat16."""
-    start, end = info["data_offsets"]
-    raw = np.memmap(path, dtype=np.uint8, mode="r", offset=data_start + start, shape=(end - start,))
-    return np.asarray(raw).view(ml_dtypes.bfloat16).reshape(info["shape"]).astype(np.float32)
-
-
-def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """All tensors of one safetensors file as numpy arrays (BF16 upcast to float32)."""
-    out = {}
-    try:
-        with safe_open(str(path), framework="np") as f:
-            names = list(f.keys())
-            bf16 = {n for n in names if f.get_slice(n).get_dtype() == "BF16"}
-            for name in names:
-                if name not in bf16:
-                    out[name] = f.get_tensor(name)
-        if bf16:
-            header, data_start = _safetensors_header(path)
-            for name in bf16:
-                out[name] = _read_bf16(path, header[name], data_start)
-    except (SafetensorError, OSError, ValueError, TypeError, KeyError) as e:
-        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise HFError(f"{path}: cannot read it as safetensors ({detail})") from None
-    return out
-
-
-def _weight_files(hf_dir: Path) -> list[Path]:
-    index = hf_dir / INDEX_FILE
-    if index.is_file():
-        try:
-            weight_map = _read_json(index)["weight_map"]
-        except (KeyError, TypeError):
-            raise HFError(f"{index}: has no weight_map") from None
-        files = [hf_dir / f for f in dict.fromkeys(weight_map.values())]
-        missing = [str(f) for f in files if not f.is_file()]
-        if missing:
-            raise HFError(f"{index}: names missing shard {missing[0]}")
-        return files
-    if (hf_dir / SINGLE_FILE).is_file():
-        return [hf_dir / SINGLE_FILE]
-    if any(hf_dir.glob("pytorch_model*.bin")):
-        raise HFError(f"--hf={hf_dir}: only safetensors checkpoints are supported (found pytorch_model*.bin; "
-                      "re-save it with save_pretrained(..., safe_serialization=True))")
-    raise HFError(f"--hf={hf_dir}: no {SINGLE_FILE} or {INDEX_FILE}")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HFError(f"{path}: cannot read it as JSON ({type(e).__name__})") from None
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    storage.atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-# ----------------------------------------------------------------------------------------------
 # Export / import (library)
 
 
@@ -449,18 +334,18 @@ def write_tokenizer(tokenizer: Any, out_dir: Path, model_max_length: int, eos_to
     added = {str(i): {"content": t.content, "lstrip": t.lstrip, "rstrip": t.rstrip, "normalized": t.normalized,
                       "single_word": t.single_word, "special": t.special}
              for i, t in sorted(tok.get_added_tokens_decoder().items())}
-    _write_json(out_dir / "tokenizer_config.json", {
+    safetensors_files.write_json(out_dir / "tokenizer_config.json", {
         "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": int(model_max_length),
         "clean_up_tokenization_spaces": False, "add_bos_token": bool(sp["bos_token"]), "add_eos_token": False,
         "added_tokens_decoder": added, **special})
-    _write_json(out_dir / "special_tokens_map.json", special)
+    safetensors_files.write_json(out_dir / "special_tokens_map.json", special)
 
 
 def check_export_args(max_position_embeddings: int | None, dtype: str) -> None:
     if dtype not in EXPORT_DTYPES:
         raise HFError(f"--export_dtype={dtype} is not supported; choose one of {', '.join(EXPORT_DTYPES)}")
     if max_position_embeddings is not None and int(max_position_embeddings) < 1:
-        raise HFError(f"--max_position_embeddings={max_position_embeddings} must be >= 1 (0 = the RoPE-usable context)")
+        raise HFError(f"--max_position_embeddings={max_position_embeddings} must be >= 1 (0 = the run's data.seq_len)")
 
 
 def save_pretrained(params: dict, model_cfg: Any, out_dir: str | Path, tokenizer: Any = None,
@@ -499,9 +384,9 @@ def save_pretrained(params: dict, model_cfg: Any, out_dir: str | Path, tokenizer
     else:
         tensors = {k: v.astype(EXPORT_DTYPES[dtype]) for k, v in to_hf_tensors(params, model_cfg).items()}
         write_safetensors(tensors, out_dir, max_shard_bytes)
-    _write_json(out_dir / "config.json", hf_config(model_cfg, sp["eos_token_id"], max_position_embeddings, dtype,
+    safetensors_files.write_json(out_dir / "config.json", hf_config(model_cfg, sp["eos_token_id"], max_position_embeddings, dtype,
                                                    bos_id=sp["bos_token_id"]))
-    _write_json(out_dir / "generation_config.json", {"bos_token_id": sp["bos_token_id"], "eos_token_id": sp["eos_token_id"]})
+    safetensors_files.write_json(out_dir / "generation_config.json", {"bos_token_id": sp["bos_token_id"], "eos_token_id": sp["eos_token_id"]})
     if tok is not None:
         write_tokenizer(tok, out_dir, max_position_embeddings, sp["eos_token"], sp["bos_token"])
     return out_dir
@@ -515,8 +400,8 @@ def load_params(hf_dir: str | Path) -> tuple[dict, Any]:
     config_path = hf_dir / "config.json"
     if not config_path.is_file():
         raise HFError(f"--hf={hf_dir} has no config.json (not a Hugging Face checkpoint directory)")
-    model_cfg = model_config_from_hf(_read_json(config_path), str(config_path))
+    model_cfg = model_config_from_hf(safetensors_files.read_json(config_path), str(config_path))
     tensors: dict[str, np.ndarray] = {}
-    for path in _weight_files(hf_dir):
+    for path in safetensors_files.weight_files(hf_dir):
         tensors.update(read_safetensors(path))
     return from_hf_tensors(tensors, model_cfg, f"--hf={hf_dir}"), model_cfg
