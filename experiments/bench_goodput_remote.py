@@ -2,11 +2,12 @@
 saves, and the compile share of a resumed stage with and without the persistent compilation cache.
 
     python experiments/bench_goodput_remote.py [--config configs/family_cpu.py] [--budget_scale 0.25]
-        [--latency_ms 50] [--out experiments/results/cpu/bench_goodput_remote]
+        [--latency_ms 50] [--runs blocking,async,cached,uncached] [--out experiments/results/cpu/bench_goodput_remote]
 
 Starts a GCS emulator (tests/gcs_emulator.py: gcp-storage-emulator with the generation headers real GCS sends)
 and a latency-injecting proxy (experiments/latency_proxy.py, `--latency_ms` per request) in front of it, and runs
-the family with its workdir gs://bench/<run> through the proxy (gcsfs and tensorstore both), four times:
+the family with its workdir gs://bench/<run> through the proxy (gcsfs and tensorstore both), up to four times
+(`--runs` picks them; the resumed runs take their stage budgets from the config):
     blocking   checkpoint.async_save_remote=False: every save uploads before the next step
     async      the default on gs://: training goes on while the previous step uploads
     cached     SIGTERM in the middle of the last stage, then the same command (W's compile cache: a local
@@ -98,7 +99,13 @@ def main() -> None:
     parser.add_argument("--latency_ms", type=float, default=50.0)
     parser.add_argument("--checkpoint_every", type=int, default=25)
     parser.add_argument("--out", default="experiments/results/cpu/bench_goodput_remote")
+    parser.add_argument("--runs", default="blocking,async,cached,uncached",
+                        help="which of the four runs (comma-separated): blocking,async (checkpoint share), "
+                             "cached,uncached (compile share of a resumed stage)")
     args = parser.parse_args()
+    runs = set(args.runs.split(","))
+    if not runs or runs - {"blocking", "async", "cached", "uncached"}:
+        raise SystemExit(f"error: --runs={args.runs}: choose from blocking,async,cached,uncached")
     bucket = "bench"
     emulator, port = start_emulator(bucket)
     proxy = ProxyProcess(port, args.latency_ms)
@@ -110,10 +117,12 @@ def main() -> None:
     base = ["--config", args.config, f"--config.budget_scale={args.budget_scale}", "--config.log.progress=False",
             f"--config.checkpoint.every_steps={args.checkpoint_every}"]
     result: dict = {"config": args.config, "budget_scale": args.budget_scale, "latency_ms": args.latency_ms,
-                    "checkpoint_every": args.checkpoint_every}
+                    "checkpoint_every": args.checkpoint_every, "runs": sorted(runs)}
     log = open(args.out + ".log", "w")
     try:
         for name, extra in (("blocking", ["--config.checkpoint.async_save_remote=False"]), ("async", [])):
+            if name not in runs:
+                continue
             w = f"gs://{bucket}/{name}"
             code, wall = run([*base, *extra, "--workdir", w], env, log)
             assert code == 0, f"{name} run failed (see {args.out}.log)"
@@ -124,14 +133,17 @@ def main() -> None:
         last_stage = None
         for name, extra in (("cached", []), ("uncached", ["--config.compile_cache_dir=none"])):
             w = f"gs://{bucket}/{name}"
-            records = goodput_of(f"gs://{bucket}/async", env)
-            last_stage = max(r["stage"] for r in records)
-            steps_before = None
-            code = ("import sys\nfrom jaxgrow.family import workdir\ncfg, st = workdir.load_setup_for_eval(sys.argv[1])\n"
-                    "print(sum(s.steps for s in st[:-1]), st[-1].steps)\n")
-            out = subprocess.run([sys.executable, "-c", code, f"gs://{bucket}/async"], cwd=REPO, env=env,
-                                 capture_output=True, text=True, check=True).stdout.split()
-            steps_before, last_steps = int(out[0]), int(out[1])
+            if name not in runs:
+                continue
+            # the family's stage budgets, from the config alone (the same rule `train` applies)
+            code = ("import importlib.util, sys\nfrom jaxgrow.family import budgets\n"
+                    "spec = importlib.util.spec_from_file_location('c', sys.argv[1])\n"
+                    "mod = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(mod)\n"
+                    "cfg = mod.get_config()\ncfg.budget_scale = float(sys.argv[2])\nst = budgets.budgets(cfg)\n"
+                    "print(len(st) - 1, sum(s.steps for s in st[:-1]), st[-1].steps)\n")
+            out = subprocess.run([sys.executable, "-c", code, args.config, str(args.budget_scale)], cwd=REPO,
+                                 env=env, capture_output=True, text=True, check=True).stdout.split()
+            last_stage, steps_before, last_steps = int(out[0]), int(out[1]), int(out[2])
             stop_at = steps_before + last_steps // 2
             code1, wall1 = run([*base, *extra, "--workdir", w], {**env, "JAXGROW_FAULT": f"train_step:{stop_at}:TERM"},
                                log)
@@ -148,10 +160,14 @@ def main() -> None:
         proxy.close()
         emulator.terminate()
         log.close()
-    result["checkpoint_share_blocking_over_async"] = (result["blocking"]["checkpoint_share"]
-                                                      / max(result["async"]["checkpoint_share"], 1e-9))
+    if "blocking" in result and "async" in result:
+        result["checkpoint_share_blocking_over_async"] = (result["blocking"]["checkpoint_share"]
+                                                          / max(result["async"]["checkpoint_share"], 1e-9))
+    if "cached" in result and "uncached" in result:
+        result["resumed_compile_s_uncached_over_cached"] = (result["uncached"]["resumed_compile_s"]
+                                                            / max(result["cached"]["resumed_compile_s"], 1e-9))
     Path(args.out + ".json").write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: result[k] for k in ("checkpoint_share_blocking_over_async",)}, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if "_over_" in k}, indent=1))
 
 
 if __name__ == "__main__":

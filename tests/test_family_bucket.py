@@ -74,12 +74,14 @@ def test_two_hosts_write_gcs_directly_killed_mid_async_save_then_resume_on_one(t
     run_cli(*ARGS, "--workdir", str(reference), devices=4, check=True, timeout=1500)
     got, want = member_arrays(run), member_arrays(reference)
     assert got.keys() == want.keys() == {"small", "medium", "large"}
-    # two processes reduce in another order than one, and Adam's 1/sqrt(nu) amplifies the last-bit
-    # differences over a few steps: measured up to 1.8e-6 absolute on O(0.02) weights. A wrong resume
-    # (a lost step, a wrong batch) moves weights by ~lr = 1e-3, far outside these bounds.
+    # two processes reduce in another order than one, and Adam's m/sqrt(nu) amplifies the last-bit
+    # differences, most where a gradient is near zero: measured up to 1.3e-4 on single elements of O(0.02)
+    # weights, with each tensor within 2e-5 of its norm. A wrong resume (a lost step, a wrong batch) moves every
+    # weight by about the LR (3e-3 peak, 3e-4 at the end): 1e-2 to 1e-1 of the norm, far outside these bounds.
     for name in want:
         for a, b in zip(got[name], want[name], strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)
+            relative = np.linalg.norm(a - b) / np.linalg.norm(b)
+            assert relative <= 1e-3 and np.max(np.abs(a - b)) <= 1e-3, (name, relative, np.max(np.abs(a - b)))
     report = json.loads(fs.cat(f"{run}/report.json"))
     assert [m["name"] for m in report["members"]] == ["small", "medium", "large"]
 
