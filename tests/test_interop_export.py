@@ -60,7 +60,9 @@ def test_streamed_matches_in_memory_conversion_and_bf16(tmp_path, devices8):
 RSS_SCRIPT = textwrap.dedent(r'''
     import json, sys
     import jax, jax.numpy as jnp, ml_collections
-    from jaxgrow import config, export, hf, layout, sharding
+    from jaxgrow import config
+    from jaxgrow.interop import export, hf
+    from jaxgrow.model import layout, sharding
 
     m = config.model_config(vocab_size=4096, hidden_size=1024, ffn_size=4096, num_layers=10, num_heads=8,
                             num_kv_heads=8, head_dim=128, tie_embeddings=True)

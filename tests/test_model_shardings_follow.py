@@ -23,7 +23,10 @@ SCRIPT = textwrap.dedent(r'''
     import itertools, json, sys
     import jax, jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from jaxgrow import budgets, collectives, config as config_lib, plan, sharding
+    from jaxgrow import config as config_lib
+    from jaxgrow.cli import plan
+    from jaxgrow.family import budgets
+    from jaxgrow.model import collectives, sharding
     sys.path.insert(0, "configs")
     import family_tiny
     cfg = family_tiny.get_config()
