@@ -41,9 +41,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import common
 
+REPO = common.REPO
 H200_1B_TOKENS_PER_SEC = 72_061  # experiments/README.md, paper_family 1b member on one H200
 RAW_SAMPLE_BYTES = 256 << 20
 
@@ -138,8 +138,7 @@ def rss_child(tok_dir: str, eval_dir: str) -> None:
         state, m = step(state, next(it))
     jax.block_until_ready(state)
     # VmHWM: this process's own peak (ru_maxrss would carry the parent's peak over fork+exec)
-    hwm_kb = next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
-    print(json.dumps({"peak_rss_mb": hwm_kb / 1024,
+    print(json.dumps({"peak_rss_mb": common.proc_status_bytes("VmHWM:") / 2**20,
                       "train_tokens": len(corpus.train)}))
 
 
@@ -260,7 +259,6 @@ def loader(work: Path, out: Path, manifest: dict, args, result: dict) -> None:
     import numpy as np
 
     from jaxgrow.data import pipeline  # noqa: PLC0415
-    from jaxgrow.data import shards  # noqa: PLC0415
     from jaxgrow.data import store as store_lib  # noqa: PLC0415
 
     store = store_lib.TokenStore([(out, manifest)])
@@ -278,17 +276,14 @@ def loader(work: Path, out: Path, manifest: dict, args, result: dict) -> None:
 
 
 
+def paper_family_data():
+    """configs/paper_family.py's data config: the 1B member's batch shape (512 x 4096)."""
+    return common.load_config("configs/paper_family.py").data
+
+
 def _cpu_seconds(pid: int) -> float:
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def remote_corpus(work: Path, mb: float) -> tuple[Path, dict]:
@@ -297,7 +292,6 @@ def remote_corpus(work: Path, mb: float) -> tuple[Path, dict]:
     from tokenizers import Tokenizer  # noqa: PLC0415
 
     from jaxgrow.data import shards, tokenizers as tokenizers_lib  # noqa: PLC0415
-    from jaxgrow.data import store as store_lib  # noqa: PLC0415
 
     out = work / f"remote_tokens_{mb:g}mb"
     if (out / "manifest.json").exists():
@@ -319,10 +313,9 @@ def _time_loader(store, start: int, batches: int, pids: dict) -> dict:
     import jax  # noqa: PLC0415
     import resource  # noqa: PLC0415
 
-    from configs.paper_family import get_config  # noqa: PLC0415
     from jaxgrow.data import pipeline  # noqa: PLC0415
 
-    data = get_config().data
+    data = paper_family_data()
     ds = pipeline.train_dataset(store, data.seq_len, data.batch_size, seed=0)
     it = pipeline.DeviceIterator(ds, jax.sharding.SingleDeviceSharding(jax.devices()[0]), state={"next_index": start})
     jax.block_until_ready(next(it))
@@ -344,13 +337,27 @@ def _time_loader(store, start: int, batches: int, pids: dict) -> dict:
             "cpu_ms_per_window": {k: 1e3 * v / windows for k, v in cpu.items()}}
 
 
+def shard_pieces(offsets, start: int, stop: int) -> list[tuple[int, int, int]]:
+    """(shard, first token within the shard, tokens) covering tokens [start, stop) of a store whose shards start at
+    `offsets` (TokenStore.offsets: cumulative token counts, 0 first)."""
+    import numpy as np  # noqa: PLC0415
+
+    out = []
+    shard = int(np.searchsorted(offsets, start, side="right")) - 1
+    while start < stop:
+        end = min(stop, int(offsets[shard + 1]))
+        out.append((shard, start - int(offsets[shard]), end - start))
+        start, shard = end, shard + 1
+    return out
+
+
 def _file_object_reads(store, windows: list[int], seq_len: int) -> None:
     """The loader before: one fsspec file object per shard, seek + read per window."""
     import s3fs  # noqa: PLC0415
 
     files: dict = {}
     for i in windows:
-        for shard, first, count in store._pieces(i * seq_len, i * seq_len + seq_len + 1):
+        for shard, first, count in shard_pieces(store.offsets, i * seq_len, i * seq_len + seq_len + 1):
             if shard not in files:
                 files[shard] = s3fs.S3FileSystem().open(store.shards[shard][0], "rb")
             itemsize = store.shards[shard][1].itemsize
@@ -362,20 +369,17 @@ def remote(args) -> None:
     import grain  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
-    from configs.paper_family import get_config  # noqa: PLC0415
     from jaxgrow.data import pipeline, shards  # noqa: PLC0415
     from jaxgrow.data import store as store_lib  # noqa: PLC0415
     from latency_proxy import ProxyProcess  # noqa: PLC0415
 
-    data = get_config().data  # the 1B member's batch shape: 512 x 4096
+    data = paper_family_data()  # the 1B member's batch shape: 512 x 4096
     tok_dir, manifest = remote_corpus(Path(args.dir), args.remote_mb)
     window_bytes = (data.seq_len + 1) * np.dtype(manifest["dtype"]).itemsize
     result: dict = {"latency_ms": args.latency_ms, "cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg(),
                     "corpus": {"text_mb": args.remote_mb, "tokens": manifest["total_tokens"],
                                "shards": len(manifest["shards"])}}
-    port = _free_port()
-    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    moto, port = common.start_s3_emulator()
     proxies: list[ProxyProcess] = []
     try:
         os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",

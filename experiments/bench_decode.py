@@ -17,13 +17,11 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
+import common
 
 flags.DEFINE_string("workdir", None, "finished family_cpu run (members m1..m4)")
 flags.DEFINE_string("out", "experiments/results/cpu/bench_decode.json", "JSON output")
@@ -35,14 +33,11 @@ flags.DEFINE_integer("repeats", 3, "timed repeats (the median is reported)")
 FLAGS = flags.FLAGS
 
 
-def _median_time(fn, repeats: int):
-    out = fn()  # compile
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return out, sorted(times)[len(times) // 2]
+def output_and_median_seconds(fn, repeats: int):
+    """(fn's output, the median seconds of `repeats` further calls): the first call compiles and gives the output
+    (greedy decoding: every call's is the same)."""
+    out = fn()
+    return out, common.median_seconds(fn, repeats)
 
 
 def main(argv):
@@ -65,16 +60,15 @@ def main(argv):
     mesh = sharding.eval_mesh(jax.devices()[:1])
     params = {n: workdir_lib.member_params(workdir, s, mesh) for n, s in by_name.items() if n in ("m1", "m3", "m4")}
     corpus = corpus_lib.prepare(cfg.data, cfg.model.vocab_size, workdir)
-    host = pipeline.eval_batches(corpus.eval, cfg.data.seq_len, cfg.data.batch_size, cfg.data.eval_batches)
-    prompts = speculative.held_out_prompts(host, FLAGS.prompts, 16)
+    prompts = speculative.held_out_prompts(pipeline.device_eval_batches(corpus.eval, cfg.data, mesh), FLAGS.prompts, 16)
     result = {"workdir": str(workdir), "budget_scale": cfg.budget_scale, "backend": jax.default_backend(),
               "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(), "platform": platform.platform()}
 
     # 1. KV cache vs full recompute
     m4 = by_name["m4"].model
     n = FLAGS.new_tokens
-    kv, t_kv = _median_time(lambda: decode.generate(params["m4"], m4, prompts[0], n), FLAGS.repeats)
-    full, t_full = _median_time(lambda: decode.full_recompute_generate(params["m4"], m4, prompts[0], n),
+    kv, t_kv = output_and_median_seconds(lambda: decode.generate(params["m4"], m4, prompts[0], n), FLAGS.repeats)
+    full, t_full = output_and_median_seconds(lambda: decode.full_recompute_generate(params["m4"], m4, prompts[0], n),
                                 FLAGS.repeats)
     assert kv == full, "KV-cache greedy output differs from the full-recompute decoder"
     result["kv_cache"] = {"member": "m4", "prompt_tokens": len(prompts[0]), "new_tokens": n,
@@ -87,7 +81,7 @@ def main(argv):
     m = FLAGS.spec_new_tokens
     alone_tokens, alone_times = [], []
     for p in prompts:
-        out, t = _median_time(lambda: decode.generate(params["m4"], m4, p, m), FLAGS.repeats)
+        out, t = output_and_median_seconds(lambda: decode.generate(params["m4"], m4, p, m), FLAGS.repeats)
         alone_tokens.append(out)
         alone_times.append(t)
     result["speculative"] = {"gamma": FLAGS.gamma, "temperature": 0.0, "new_tokens": m, "prompts": len(prompts),
@@ -95,7 +89,7 @@ def main(argv):
     for draft in ("m1", "m3"):
         spec_times, accepted, proposed, calls, generated = [], 0, 0, 0, 0
         for p, ref in zip(prompts, alone_tokens):
-            r, t = _median_time(lambda: speculative.speculative_generate(
+            r, t = output_and_median_seconds(lambda: speculative.speculative_generate(
                 params["m4"], m4, params[draft], by_name[draft].model, p, m, FLAGS.gamma), FLAGS.repeats)
             assert r.tokens[0] == ref, f"speculative {draft}->m4 differs from m4 alone at temperature 0"
             spec_times.append(t)

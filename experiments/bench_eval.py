@@ -15,30 +15,26 @@ depend on the weights, and the tokenizer is trained on the config's corpus as a 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+from ml_collections import config_flags
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from jaxgrow.cli import evaluate as evaluate_cmd  # noqa: E402
-from jaxgrow import config as config_lib  # noqa: E402
-from jaxgrow.data import corpus  # noqa: E402
-from jaxgrow.eval.benchmarks import requests as bench_requests  # noqa: E402
-from jaxgrow.eval.benchmarks import scoring as bench_scoring  # noqa: E402
-from jaxgrow.eval.benchmarks import tasks as bench_tasks  # noqa: E402
-from jaxgrow.family import budgets  # noqa: E402
-from jaxgrow.family import workdir as workdir_lib  # noqa: E402
-from jaxgrow.model import decoder  # noqa: E402
-from jaxgrow.model import flops  # noqa: E402
-from jaxgrow.model import sharding  # noqa: E402
-from jaxgrow.family import checks  # noqa: E402
+import common
+from jaxgrow.data import corpus
+from jaxgrow.eval.benchmarks import requests as bench_requests
+from jaxgrow.eval.benchmarks import scoring as bench_scoring
+from jaxgrow.eval.benchmarks import tasks as bench_tasks
+from jaxgrow.family import budgets
+from jaxgrow.family import checks
+from jaxgrow.family import evaluation
+from jaxgrow.family import workdir as workdir_lib
+from jaxgrow.model import decoder
+from jaxgrow.model import flops
+from jaxgrow.model import sharding
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "run config", lock_config=True)
 flags.DEFINE_string("member", None, "member to benchmark (default: the largest)")
@@ -50,30 +46,17 @@ flags.DEFINE_string("json_out", None, "also write the numbers as JSON here")
 FLAGS = flags.FLAGS
 
 
-def matmul_flops_per_sec(n: int, dtype) -> float:
-    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-    f = jax.jit(lambda x, y: x @ y)
-    jax.block_until_ready(f(a, b))
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(a, b))
-        times.append(time.perf_counter() - t0)
-    return 2.0 * n ** 3 / float(np.median(times))
-
-
 def main(_):
     cfg = _CONFIG.value
     checks.validate(cfg)
     stages = budgets.budgets(cfg)
-    stage = stages[-1] if FLAGS.member is None else next(s for s in stages if s.name == FLAGS.member)
+    stage = common.pick_stage(stages, FLAGS.member)
     m = stage.model
     platform = jax.devices()[0].platform
     mesh = sharding.make_mesh(cfg.mesh)
     if FLAGS.workdir:
         params = workdir_lib.member_params(Path(FLAGS.workdir).absolute(), stage, mesh)
-        tok = evaluate_cmd.workdir_tokenizer(cfg, Path(FLAGS.workdir))
+        tok = evaluation.run_tokenizer(Path(FLAGS.workdir), cfg).tokenizer
         source = f"trained member from {FLAGS.workdir}"
     else:
         params = decoder.init_params(m, jax.random.key(0))
@@ -87,7 +70,7 @@ def main(_):
     per_task, total_s, total_items, total_req, total_flops = {}, 0.0, 0, 0, 0.0
     for t in tasks:
         requests = [(c, x) for it in items[t] for c, x in zip(it.contexts, it.continuations)]
-        rows = bench_requests._rows(bench_requests.encode_requests(tok, requests), bench_requests.MAX_LENGTH)
+        rows = bench_requests.request_rows(bench_requests.encode_requests(tok, requests), bench_requests.MAX_LENGTH)
         task_flops = sum(len(r.inputs) * flops.forward_flops_per_token(m, len(r.inputs)) for r in rows)
         bench_scoring.score_task(params, m, tok, t, items[t], mesh, progress=False)  # warm-up: compiles every shape
         t0 = time.perf_counter()
@@ -99,9 +82,8 @@ def main(_):
         total_items += len(items[t])
         total_req += len(requests)
         total_flops += task_flops
-    mm_dtype = jnp.float32 if platform == "cpu" else jnp.bfloat16
-    n = FLAGS.matmul_n or (4096 if platform == "cpu" else 8192)
-    mm = matmul_flops_per_sec(n, mm_dtype)
+    n, mm_dtype = common.matmul_reference(FLAGS.matmul_n)
+    mm = common.matmul_flops_per_sec(n, mm_dtype)
     model_fps = total_flops / total_s
 
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} ({platform}); mesh {dict(mesh.shape)}")

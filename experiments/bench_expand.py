@@ -10,20 +10,15 @@ the same devices. A ratio near 1 means expansion costs about one pass over the t
 from __future__ import annotations
 
 import functools
-import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
+from absl import app, flags
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from jaxgrow import config as config_lib  # noqa: E402
-from jaxgrow.model import decoder  # noqa: E402
-from jaxgrow import expand  # noqa: E402
+import common
+from jaxgrow import config as config_lib
+from jaxgrow import expand
+from jaxgrow.model import decoder
 
 flags.DEFINE_string("method", "zero", "expansion method")
 flags.DEFINE_string("depth", "identity", "depth strategy")
@@ -45,20 +40,6 @@ def configs(scale: float):
     return src, dst
 
 
-def timed(fn, reps: int) -> float:
-    out = fn()
-    jax.block_until_ready(out)
-    del out
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        out = fn()
-        jax.block_until_ready(out)
-        times.append(time.perf_counter() - t0)
-        del out
-    return float(np.median(times))
-
-
 def main(_):
     src, dst = configs(FLAGS.scale)
     params = decoder.init_params(src, jax.random.key(0))
@@ -66,10 +47,10 @@ def main(_):
     grow = jax.jit(functools.partial(expand.expand_params, src_cfg=src, dst_cfg=dst, method=FLAGS.method,
                                      depth=FLAGS.depth))
     key = jax.random.key(1)
-    t_expand = timed(lambda: grow(params, key=key), FLAGS.reps)
+    t_expand = common.median_seconds(lambda: grow(params, key=key), FLAGS.reps, warmup=1)
     target = grow(params, key=key)
     copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
-    t_copy = timed(lambda: copy(target), FLAGS.reps)
+    t_copy = common.median_seconds(lambda: copy(target), FLAGS.reps, warmup=1)
     n_src = sum(x.size for x in jax.tree.leaves(params))
     n_dst = sum(x.size for x in jax.tree.leaves(target))
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; method {FLAGS.method}, depth {FLAGS.depth}")

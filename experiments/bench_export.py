@@ -7,33 +7,31 @@ sharded over 8 host devices; each export's peak RSS increase is read from VmHWM 
 (/proc/self/clear_refs). Prints JSON with both peaks and their ratio.
 """
 
+import argparse
 import json
 import math
 import pathlib
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+import common
 from jaxgrow import config as config_lib
 from jaxgrow.interop import export
 from jaxgrow.interop import hf
+from jaxgrow.interop import safetensors_files
 from jaxgrow.model import layout
 from jaxgrow.model import sharding
 
 
-def status(key):
-    return int(next(line for line in open("/proc/self/status") if line.startswith(key)).split()[1]) * 1024
-
-
 def peak_increase(fn):
-    base = status("VmRSS:")
+    base = common.proc_status_bytes("VmRSS:")
     open("/proc/self/clear_refs", "w").write("5")  # VmHWM := current RSS
     t0 = time.perf_counter()
     fn()
-    return status("VmHWM:") - base, time.perf_counter() - t0
+    return common.proc_status_bytes("VmHWM:") - base, time.perf_counter() - t0
 
 
 def main(out):
@@ -49,8 +47,8 @@ def main(out):
     total = sum(4 * x.size for x in jax.tree.leaves(params))
     streamed, t_s = peak_increase(lambda: export.write_streamed(params, m, out + "/streamed", max_shard_bytes=200 << 20))
     bf16, t_b = peak_increase(lambda: export.write_streamed(params, m, out + "/bf16", dtype="bfloat16"))
-    gathered, t_g = peak_increase(lambda: hf.write_safetensors(hf.to_hf_tensors(jax.device_get(params), m),
-                                                               pathlib.Path(out)))
+    gathered, t_g = peak_increase(lambda: safetensors_files.write_safetensors(
+        hf.to_hf_tensors(jax.device_get(params), m), pathlib.Path(out)))
     return {"layer_bytes": layer, "model_bytes": total, "streamed_peak_increase": streamed, "streamed_s": t_s,
             "bf16_streamed_peak_increase": bf16, "bf16_s": t_b, "gathered_peak_increase": gathered,
             "gathered_s": t_g, "gathered_over_streamed": gathered / max(streamed, 1),
@@ -58,4 +56,6 @@ def main(out):
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1]), indent=1))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", metavar="OUT_DIR", help="directory the three exports are written under")
+    print(json.dumps(main(parser.parse_args().out), indent=1))

@@ -22,37 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "experiments"))
-sys.path.insert(0, str(REPO))
+import common
+from latency_proxy import ProxyProcess
 
-from latency_proxy import ProxyProcess  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_emulator(bucket: str) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "gcs_emulator.py"), "start", "--host=127.0.0.1",
-                             f"--port={port}", "--in-memory", f"--default-bucket={bucket}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    return proc, port
+REPO = common.REPO
 
 
 def run(args: list[str], env: dict, log) -> tuple[int, float]:
@@ -71,6 +49,17 @@ def goodput_of(workdir: str, env: dict) -> list[dict]:
     out = subprocess.run([sys.executable, "-c", code, workdir], cwd=REPO, env=env, capture_output=True, text=True,
                          check=True)
     return json.loads(out.stdout)
+
+
+def stage_steps(config: str, budget_scale: float) -> tuple[int, int, int]:
+    """(index of the last stage, steps of the stages before it, its steps): the family's stage budgets from the config
+    alone (the same rule `train` applies)."""
+    from jaxgrow.family import budgets  # noqa: PLC0415
+
+    cfg = common.load_config(config)
+    cfg.budget_scale = budget_scale
+    st = budgets.budgets(cfg)
+    return len(st) - 1, sum(s.steps for s in st[:-1]), st[-1].steps
 
 
 def shares(records: list[dict], stages: set[int] | None = None) -> dict:
@@ -107,7 +96,7 @@ def main() -> None:
     if not runs or runs - {"blocking", "async", "cached", "uncached"}:
         raise SystemExit(f"error: --runs={args.runs}: choose from blocking,async,cached,uncached")
     bucket = "bench"
-    emulator, port = start_emulator(bucket)
+    emulator, port = common.start_gcs_emulator(bucket)
     proxy = ProxyProcess(port, args.latency_ms)
     url = f"http://127.0.0.1:{proxy.port}"
     env = dict(os.environ, STORAGE_EMULATOR_HOST=url, GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false",
@@ -135,15 +124,7 @@ def main() -> None:
             w = f"gs://{bucket}/{name}"
             if name not in runs:
                 continue
-            # the family's stage budgets, from the config alone (the same rule `train` applies)
-            code = ("import importlib.util, sys\nfrom jaxgrow.family import budgets\n"
-                    "spec = importlib.util.spec_from_file_location('c', sys.argv[1])\n"
-                    "mod = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(mod)\n"
-                    "cfg = mod.get_config()\ncfg.budget_scale = float(sys.argv[2])\nst = budgets.budgets(cfg)\n"
-                    "print(len(st) - 1, sum(s.steps for s in st[:-1]), st[-1].steps)\n")
-            out = subprocess.run([sys.executable, "-c", code, args.config, str(args.budget_scale)], cwd=REPO,
-                                 env=env, capture_output=True, text=True, check=True).stdout.split()
-            last_stage, steps_before, last_steps = int(out[0]), int(out[1]), int(out[2])
+            last_stage, steps_before, last_steps = stage_steps(args.config, args.budget_scale)
             stop_at = steps_before + last_steps // 2
             code1, wall1 = run([*base, *extra, "--workdir", w], {**env, "JAXGROW_FAULT": f"train_step:{stop_at}:TERM"},
                                log)

@@ -13,27 +13,22 @@ Prints (all measured in this run):
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from jaxgrow import config as config_lib  # noqa: E402
-from jaxgrow.data import corpus as corpus_lib  # noqa: E402
-from jaxgrow.data import pipeline  # noqa: E402
-from jaxgrow.model import flops  # noqa: E402
-from jaxgrow.model import sharding  # noqa: E402
-from jaxgrow.train import trainer  # noqa: E402
-from jaxgrow.family.budgets import budgets  # noqa: E402
-from jaxgrow.family.budgets import lr_schedule  # noqa: E402
-from jaxgrow.family import checks  # noqa: E402
+import common
+from jaxgrow.data import corpus as corpus_lib
+from jaxgrow.data import pipeline
+from jaxgrow.family import checks
+from jaxgrow.family.budgets import budgets, lr_schedule
+from jaxgrow.model import flops
+from jaxgrow.model import sharding
+from jaxgrow.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "run config", lock_config=True)
 flags.DEFINE_string("member", None, "member to benchmark (default: the largest)")
@@ -44,23 +39,6 @@ FLAGS = flags.FLAGS
 
 # bf16 dense peak per chip, TFLOP/s (DESIGN.md §7)
 PEAK_TFLOPS = {"v5 lite": 197, "v5e": 197, "v5p": 459, "v6 lite": 918, "v6e": 918, "h100": 989, "h200": 989}
-
-
-def median_time(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
-def matmul_flops_per_sec(n: int, dtype) -> float:
-    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-    f = jax.jit(lambda x, y: x @ y)
-    jax.block_until_ready(f(a, b))
-    return 2.0 * n ** 3 / median_time(lambda: f(a, b), 5)
 
 
 def chip_peak() -> float | None:
@@ -75,11 +53,10 @@ def main(_):
     cfg = _CONFIG.value
     checks.validate(cfg)
     stages = budgets(cfg)
-    stage = stages[-1] if FLAGS.member is None else next(s for s in stages if s.name == FLAGS.member)
+    stage = common.pick_stage(stages, FLAGS.member)
     platform = jax.devices()[0].platform
-    mm_dtype = jnp.float32 if platform == "cpu" else jnp.bfloat16
-    n = FLAGS.matmul_n or (4096 if platform == "cpu" else 8192)
-    mm = matmul_flops_per_sec(n, mm_dtype)
+    n, mm_dtype = common.matmul_reference(FLAGS.matmul_n)
+    mm = common.matmul_flops_per_sec(n, mm_dtype)
 
     mesh = sharding.make_mesh(cfg.mesh)
     compiled = trainer.compile_stage(stage.model, cfg.optimizer, lr_schedule(cfg, stage), mesh)
@@ -98,8 +75,7 @@ def main(_):
         t0 = time.perf_counter()
         jax.block_until_ready(one_step())
         compile_s = time.perf_counter() - t0
-        one_step()
-        step_s = median_time(one_step, FLAGS.steps)
+        step_s = common.median_seconds(one_step, FLAGS.steps, warmup=1)
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     model_flops = stage.train_flops_per_token * tokens_per_step / step_s
     train_tps = tokens_per_step / step_s

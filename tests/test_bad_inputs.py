@@ -390,10 +390,10 @@ def test_bad_input_catalogue(world, tmp_path):
 
 
 def test_catalogue_has_a_row_for_every_subcommand(world):
-    from jaxgrow.cli import main
+    from jaxgrow.cli import flags as cli_flags
 
     names = [r[0] for r in rows(world)]
-    for command in main.COMMANDS:
+    for command in cli_flags.COMMANDS:
         prefix = "" if command == "train" else f"{command}_"
         assert any(n.startswith(prefix) for n in names), command
     assert len(names) == len(set(names))

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO, run_cli
 from jaxgrow import config as config_lib
-from jaxgrow.cli import main
+from jaxgrow.cli import flags as cli_flags, main
 
 
 def cli(*args: str, module: str = "jaxgrow.main") -> subprocess.CompletedProcess:
@@ -21,27 +21,27 @@ def cli(*args: str, module: str = "jaxgrow.main") -> subprocess.CompletedProcess
 def test_help_lists_commands_and_each_command_lists_its_flags():
     proc = cli("--help", module="jaxgrow")  # `python -m jaxgrow` is the same command
     assert proc.returncode == 0, proc.stderr
-    for command in main.COMMANDS:
+    for command in cli_flags.COMMANDS:
         assert f"\n  {command} " in proc.stdout
     proc = cli("sample", "--help")
     assert proc.returncode == 0, proc.stderr
-    for flag in main.COMMAND_FLAGS["sample"]:
+    for flag in cli_flags.COMMAND_FLAGS["sample"]:
         assert f"--{flag}" in proc.stdout
     assert "--config" not in proc.stdout and "--hf" not in proc.stdout
     assert "(default: 40)" in proc.stdout  # max_new_tokens
 
 
-@pytest.mark.parametrize("command", list(main.COMMAND_FLAGS))
+@pytest.mark.parametrize("command", list(cli_flags.COMMAND_FLAGS))
 def test_every_subcommand_has_help(command):
-    text = main.help_text(command)
+    text = cli_flags.help_text(command)
     assert text.startswith(f"usage: jaxgrow {command} ")
-    for flag in main.COMMAND_FLAGS[command]:
+    for flag in cli_flags.COMMAND_FLAGS[command]:
         assert f"  --{flag} " in text
 
 
 def test_every_jaxgrow_flag_belongs_to_some_command():
-    used = {f for flags in main.COMMAND_FLAGS.values() for f in flags}
-    assert main._jaxgrow_flags() == used
+    used = {f for flags in cli_flags.COMMAND_FLAGS.values() for f in flags}
+    assert cli_flags.jaxgrow_flags() == used
 
 
 def test_a_flag_of_another_command_is_a_one_line_error():

@@ -7,7 +7,7 @@ import pytest
 
 from hf_common import CONFIGS, our_logits, random_params
 from jaxgrow import config as config_lib
-from jaxgrow.cli import commands, sample as sample_cmd
+from jaxgrow.family import hf_runs as commands, serving as sample_cmd
 from jaxgrow.family import workdir as workdir_lib
 from jaxgrow.serve import decode
 

@@ -278,11 +278,11 @@ def test_import_hf_llama_expand_train_with_its_own_tokenizer(tmp_path, mistral_t
 def test_import_warns_exactly_when_the_data_rules_would_refuse_its_tokenizer(mistral_tokenizer, caplog):
     """`import` follows data.load_tokenizer's rules: a tokenizer smaller than model.vocab_size (padding) with an
     EOS token is fine; one larger than the model's vocabulary gets a warning that names the rule."""
-    from jaxgrow.cli import commands  # noqa: PLC0415
+    from jaxgrow.family import hf_runs  # noqa: PLC0415
 
     with caplog.at_level("WARNING", logger="jaxgrow"):
-        commands._warn_tokenizer_mismatch(mistral_tokenizer, config_lib.model_config(vocab_size=32768))
+        hf_runs.imported_tokenizer(mistral_tokenizer, config_lib.model_config(vocab_size=32768))
     assert not caplog.records  # 32000 tokens padded to 32768, </s> found: trains as is
     with caplog.at_level("WARNING", logger="jaxgrow"):
-        commands._warn_tokenizer_mismatch(mistral_tokenizer, config_lib.model_config(vocab_size=1024))
+        hf_runs.imported_tokenizer(mistral_tokenizer, config_lib.model_config(vocab_size=1024))
     assert len(caplog.records) == 1 and "model.vocab_size=1024" in caplog.text

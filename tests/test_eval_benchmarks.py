@@ -152,7 +152,7 @@ def test_encode_pair_moves_trailing_space_and_shares_rows():
     assert ctx + cont == whole and ctx == tok.encode("Question: two plus two?\nAnswer:").ids
     # MMLU's four one-token answers after one context share one input row
     enc = bench_requests.encode_requests(tok, [("Answer:", " " + c) for c in "ABCD"])
-    rows = bench_requests._rows(enc, 2048)
+    rows = bench_requests.request_rows(enc, 2048)
     assert len(rows) == 1 and len(rows[0].requests) == 4
 
 

@@ -32,7 +32,7 @@ TOKENS = jax.random.randint(jax.random.key(0), (4, 17), 0, 97)
 def consistency_metrics(teacher_params, student_params, weight=1.0):
     opt = optax.sgd(0.0)  # only the metrics matter here
     cons = trainer.Consistency(SRC, weight, active_steps=10)
-    step = jax.jit(trainer.make_train_step(DST, opt, lambda s: jnp.float32(0.0), consistency=cons))
+    step = jax.jit(trainer.make_train_step(DST, opt, lambda s: jnp.float32(0.0), distill=cons))
     state = trainer.new_state(student_params, opt.init(student_params))
     _, metrics = step(state, TOKENS, teacher_params)
     return metrics
@@ -46,13 +46,13 @@ def test_consistency_kl_is_zero_for_the_same_function_and_positive_otherwise():
     # right after an exact expansion the student is the same function
     student = expand.expand_params(teacher, SRC, DST, key=jax.random.key(2))
     m = consistency_metrics(teacher, student)
-    assert abs(float(m["consistency_kl"])) < 1e-6  # float32 rounding of identical functions
+    assert abs(float(m["distill_kl"])) < 1e-6  # float32 rounding of identical functions
     assert float(m["total_loss"]) == pytest.approx(float(m["loss"]), abs=1e-6)
     # a different student: positive, and it enters the loss with its weight
     other = decoder.init_params(DST, jax.random.key(3))
     m = consistency_metrics(teacher, other, weight=0.7)
-    assert float(m["consistency_kl"]) > 1e-3
-    assert float(m["total_loss"]) == pytest.approx(float(m["loss"]) + 0.7 * float(m["consistency_kl"]), rel=1e-5)
+    assert float(m["distill_kl"]) > 1e-3
+    assert float(m["total_loss"]) == pytest.approx(float(m["loss"]) + 0.7 * float(m["distill_kl"]), rel=1e-5)
 
 
 def test_consistency_weight_decays_to_zero_over_the_active_fraction():

@@ -300,10 +300,17 @@ GRAD_TOKENS = jax.random.randint(jax.random.key(9), (4, 17), 0, 61)
 
 
 def _carried_gradient(src, dst, method, depth="identity", policy="carry"):
-    """(gradient at the grown params, carried mu, carried nu, plan) with source moments mu = g, nu = g^2."""
+    """(gradient at the grown params, carried mu, carried nu, plan) with source moments mu = g, nu = g^2.
+
+    policy="param_scale" is the pre-#15 rule, moments mapped like the *parameters* (mu -> s*g, nu -> s^2*g^2),
+    which the library no longer offers: for maps without fresh entries (copies, stacking) it is expand_params
+    applied to g, so the comparison below computes it that way."""
     params = random_params(src)
     grown = expand.expand_params(params, src, dst, method=method, depth=depth, key=jax.random.key(4))
     g_src = _loss_grad(params, src)
+    if policy == "param_scale":
+        mu = expand.expand_params(g_src, src, dst, method=method, depth=depth)
+        return _loss_grad(grown, dst), mu, jax.tree.map(jnp.square, mu), expand.make_plan(src, dst, method, depth)
     moments = optax.scale_by_adam().init(params)._replace(mu=g_src, nu=jax.tree.map(jnp.square, g_src))
     carried = expand.expand_opt_state(moments, params, src, dst, method=method, depth=depth, policy=policy)
     return _loss_grad(grown, dst), carried.mu, carried.nu, expand.make_plan(src, dst, method, depth)

@@ -7,17 +7,17 @@ from pathlib import Path
 from conftest import REPO
 
 PKG = REPO / "jaxgrow"
+REAL_REPO = REPO  # (a test below plants a copy of the package and repoints REPO and PKG for its duration)
 
 # Wing -> its level; a module may import modules of its own wing or of a lower level only.
-# cli -> family -> (train, eval, serve, interop) -> (expand, data) -> model -> storage -> config
-# (expansion reads THE parameter layout, so the model wing sits just below expand and data)
-WING_LEVEL = {"cli": 6, "family": 5, "train": 4, "eval": 4, "serve": 4, "interop": 4, "expand": 3, "data": 3,
-              "model": 2, "storage": 1, "config": 0}
+# cli -> family -> (train, eval, serve, interop) -> (expand, prune, data) -> model -> storage -> config
+# (expansion and pruning read THE parameter layout, so the model wing sits just below expand, prune and data)
+WING_LEVEL = {"cli": 6, "family": 5, "train": 4, "eval": 4, "serve": 4, "interop": 4, "expand": 3, "prune": 3,
+              "data": 3, "model": 2, "storage": 1, "config": 0}
 # Inside the data wing: a module imports only the ones after it in this list.
 DATA_ORDER = ("tokenize", "pipeline", "corpus", "store", "shards", "tokenizers", "formats")
-# Entry points and aliases kept for one release at the top level; each only re-exports a wing's module.
-TOP_LEVEL_ALIASES = {"jaxgrow.main", "jaxgrow.__main__", "jaxgrow.schedules", "jaxgrow.hf", "jaxgrow.sampling",
-                     "jaxgrow.inference"}
+# Entry points at the top level; each only re-exports a wing's module.
+TOP_LEVEL_ALIASES = {"jaxgrow.main", "jaxgrow.__main__"}
 
 
 def module_name(path: Path) -> str:
@@ -131,3 +131,60 @@ def test_a_planted_upward_import_is_caught(tmp_path, monkeypatch):
         assert "jaxgrow.eval.planted -> jaxgrow.family.pipeline" in str(e)
     else:
         raise AssertionError("an upward import was not caught")
+
+
+# ------------------------------------------------------------------------------------------------ one home per concept
+
+
+def _private_uses(path: Path) -> list[str]:
+    """`from jaxgrow.x import _name` and `module._name` where `module` is a jaxgrow module imported by the file."""
+    tree = ast.parse(path.read_text())
+    modules, out = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("jaxgrow"):
+            for a in node.names:
+                if a.name.startswith("_") and not a.name.startswith("__"):
+                    out.append(f"from {node.module} import {a.name}")
+                sub = f"{node.module}.{a.name}"
+                if (REAL_REPO / (sub.replace(".", "/") + ".py")).exists() or (REAL_REPO / sub.replace(".", "/")).is_dir():
+                    modules.add(a.asname or a.name)
+        elif isinstance(node, ast.Import):
+            modules |= {a.asname or a.name.split(".")[0] for a in node.names if a.name.startswith("jaxgrow")}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
+                and node.attr.startswith("_") and not node.attr.startswith("__")):
+            out.append(f"{node.value.id}.{node.attr}")
+    return out
+
+
+def test_no_module_uses_another_modules_private_names():
+    pkg = REAL_REPO / "jaxgrow"
+    bad = {str(p.relative_to(REAL_REPO)): uses for p in [*pkg.rglob("*.py"), *(REAL_REPO / "experiments").glob("*.py")]
+           if (uses := _private_uses(p))}
+    assert not bad, f"private names used across modules (make them public or move the code): {bad}"
+
+
+def test_no_function_in_the_package_is_over_80_lines():
+    long = []
+    for p in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
+                long.append(f"{p.relative_to(REPO)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1})")
+    assert not long, f"functions over 80 lines: {long}"
+
+
+def test_the_package_top_level_holds_only_the_entry_point_config_and_storage():
+    top = {p.name for p in PKG.glob("*.py")} - {"__init__.py", "__main__.py"}
+    assert top <= {"main.py", "config.py", "storage.py"}, top
+
+
+def test_the_cli_main_module_is_thin():
+    assert len((PKG / "cli" / "main.py").read_text().splitlines()) <= 300
+
+
+def test_experiments_use_the_installed_package_not_sys_path_or_the_cli():
+    for script in sorted((REPO / "experiments").glob("*.py")):
+        text = script.read_text()
+        assert "sys.path" not in text, f"{script.name} edits sys.path; the package is installed"
+        assert not {m for m in jaxgrow_imports(script) if m.startswith("jaxgrow.cli")}, \
+            f"{script.name} imports the CLI; call the package's wings"

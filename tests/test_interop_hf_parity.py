@@ -19,7 +19,7 @@ from conftest import run_cli
 from hf_common import (CONFIGS, ROUND_TRIP_TEXTS, TEXT, VOCAB, assert_params_equal, our_config, our_logits,
                        random_params, random_tokens)
 from jaxgrow import config as config_lib
-from jaxgrow.cli import commands
+from jaxgrow.family import hf_runs as commands
 from jaxgrow.data import tokenizers as tokenizers_lib
 from jaxgrow.family import workdir as workdir_lib
 from jaxgrow.interop import hf

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import run_cli
 from jaxgrow import config as config_lib
-from jaxgrow.cli import commands
+from jaxgrow.family import hf_runs as commands
 from jaxgrow.config import InputError
 from jaxgrow.data import tokenizers as tokenizers_lib
 from jaxgrow.interop import hf
@@ -44,7 +44,7 @@ def test_cached_forward_matches_model_logits_with_left_padding():
     cfg, params = make("gqa")
     rng = np.random.default_rng(0)
     rows = [rng.integers(0, VOCAB, n).tolist() for n in (13, 5)]  # 13 + 1 <= 16
-    tokens, pad = decode._left_pad(rows)
+    tokens, pad = decode.left_pad(rows)
     frozen = ml_collections.FrozenConfigDict(cfg)
     cache = decode.init_cache(cfg, 2, tokens.shape[1] + 8)
     logits, cache = jax.jit(decode.forward, static_argnums=1)(params, frozen, jnp.asarray(tokens), cache,

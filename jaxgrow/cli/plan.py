@@ -18,11 +18,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxgrow import expand
+import numpy as np
+
+from jaxgrow import expand, prune
 from jaxgrow.config import InputError
-from jaxgrow.family import checks
-from jaxgrow.family.budgets import StageBudget, budgets, lr_schedule
-from jaxgrow.model import collectives, layout, sharding
+from jaxgrow.family import checks, run_plan
+from jaxgrow.family.budgets import StageBudget, lr_schedule
+from jaxgrow.model import collectives, decoder, layout, sharding
 from jaxgrow.train import trainer
 
 
@@ -44,16 +46,13 @@ def _memory(compiled) -> dict:
     return {k: int(getattr(m, k, 0)) for k in keys}
 
 
-def compile_train_step(cfg: Any, stage: StageBudget, mesh: jax.sharding.Mesh, prev: StageBudget | None = None):
+def compile_train_step(cfg: Any, stage: StageBudget, mesh: jax.sharding.Mesh, distill: Any = None):
     """AOT-compiled train step of one stage on abstract, sharded inputs: the very jitted step that
-    training runs (train.compile_stage), lowered without allocating any arrays; with consistency
-    training, including the frozen teacher (`prev`) as the pipeline runs it."""
-    consistency = None
-    if prev is not None and cfg.mode == "progressive" and cfg.consistency.weight > 0:
-        consistency = trainer.Consistency(prev.model, cfg.consistency.weight, stage.teacher_active_steps)
+    training runs (train.compile_stage), lowered without allocating any arrays; with a distillation
+    teacher (RunPlan.distill), including its frozen forward as the pipeline runs it."""
     # document masking adds the segment-id mask to the step; any EOS id gives the same program shape
-    compiled = trainer.compile_stage(stage.model, cfg.optimizer, lr_schedule(cfg, stage), mesh, consistency=consistency,
-                                   document_eos=0 if cfg.data.get("document_masking", False) else None)
+    compiled = trainer.compile_stage(stage.model, cfg.optimizer, lr_schedule(cfg, stage), mesh, distill=distill,
+                                     document_eos=0 if cfg.data.get("document_masking", False) else None)
     return compiled.abstract, compiled.lower(cfg.data.batch_size, cfg.data.seq_len).compile()
 
 
@@ -66,6 +65,23 @@ def compile_expansion(cfg: Any, prev: StageBudget, stage: StageBudget, mesh: jax
                  out_shardings=dst)
     with jax.set_mesh(mesh):
         return fn.lower(src, key=jax.random.key(0)).compile()
+
+
+def compile_pruning(cfg: Any, source: StageBudget, stage: StageBudget, mesh: jax.sharding.Mesh):
+    """The prune of `source`'s params into `stage`'s layout, compiled on abstract inputs (the selection's values do
+    not change the program's memory; uniform scores stand in for the activation importance)."""
+    src = trainer.abstract_state(source.model, trainer.make_optimizer(cfg.optimizer, source.model), mesh).params
+    m = source.model
+    scores = prune.Importance(hidden=np.ones(m.hidden_size, np.float32),
+                              heads=np.ones((m.num_layers, m.num_heads), np.float32),
+                              kv_groups=np.ones((m.num_layers, m.num_kv_heads), np.float32),
+                              ffn=np.ones((m.num_layers, m.ffn_size), np.float32),
+                              layers=np.ones(m.num_layers, np.float32))
+    keep = prune.selection(source.model, stage.model, scores=scores)
+    fn = jax.jit(functools.partial(prune.prune_params, src_cfg=source.model, dst_cfg=stage.model, keep=keep),
+                 out_shardings=sharding.param_shardings(stage.model, mesh))
+    with jax.set_mesh(mesh):
+        return fn.lower(src).compile()
 
 
 def analytic_collectives(cfg: Any, stage: StageBudget, abstract_params: Any, mesh,
@@ -197,33 +213,51 @@ def _mib(n: float) -> str:
 
 
 def plan_rows(cfg: Any, compile_steps: bool = True) -> tuple[jax.sharding.Mesh, list[dict]]:
-    checks.validate(cfg)
+    """One row per stage of the run plan (training order): sizes, budget, per-device state, the teacher's params
+    per device, and (compile_steps) the compiled train step's and transition's memory and collectives."""
+    plan = run_plan.resolve(cfg)
     mesh = sharding.make_mesh(cfg.mesh)
-    stages = budgets(cfg)
+    checks.check_batch_divides(cfg, mesh)  # as train checks it, before compiling anything
     rows = []
-    for i, s in enumerate(stages):
+    for s in plan.stages:
         optimizer = trainer.make_optimizer(cfg.optimizer, s.model)
         abstract = trainer.abstract_state(s.model, optimizer, mesh)
+        distill = plan.distill(s)
         row = {"name": s.name, "params": s.params, "non_embedding_params": s.non_embedding_params,
                "train_flops_per_token": s.train_flops_per_token, "tokens": s.tokens, "steps": s.steps,
                "stage_flops": s.train_flops, "param_bytes_per_device": _per_device_bytes(abstract.params),
-               "opt_bytes_per_device": _per_device_bytes(abstract.opt_state)}
+               "opt_bytes_per_device": _per_device_bytes(abstract.opt_state), "transition": s.transition.describe(),
+               "teacher_flops": s.teacher_active_steps * s.teacher_forward_flops_per_token * s.tokens / s.steps}
+        if distill is not None:
+            teacher = jax.eval_shape(lambda k, m=distill.teacher_cfg: decoder.init_params(m, k), jax.random.key(0))
+            shards = sharding.param_shardings(distill.teacher_cfg, mesh)
+            row["teacher_bytes_per_device"] = _per_device_bytes(jax.tree.map(
+                lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), teacher, shards))
         if compile_steps:
-            t0 = time.perf_counter()
-            _, compiled = compile_train_step(cfg, s, mesh, stages[i - 1] if i > 0 else None)
-            row["train_step_memory"] = _memory(compiled)
-            row["train_step_compile_s"] = time.perf_counter() - t0
-            row["collectives"] = collectives.hlo_collectives(compiled.as_text())
-            row["analytic_collectives"] = analytic_collectives(cfg, s, abstract.params, mesh)
-            if jax.default_backend() == "cpu":  # what the same step would send where it will run
-                row["accelerator_collectives"] = analytic_collectives(cfg, s, abstract.params, mesh, "tpu")
-                row["activation_dtype"] = s.model.dtype
-            if i > 0 and cfg.mode == "progressive":
-                t0 = time.perf_counter()
-                row["expansion_memory"] = _memory(compile_expansion(cfg, stages[i - 1], s, mesh))
-                row["expansion_compile_s"] = time.perf_counter() - t0
+            row.update(_compiled_row(cfg, plan, s, mesh, abstract, distill))
         rows.append(row)
     return mesh, rows
+
+
+def _compiled_row(cfg: Any, plan, s: StageBudget, mesh, abstract, distill) -> dict:
+    row: dict = {}
+    t0 = time.perf_counter()
+    _, compiled = compile_train_step(cfg, s, mesh, distill)
+    row["train_step_memory"] = _memory(compiled)
+    row["train_step_compile_s"] = time.perf_counter() - t0
+    row["collectives"] = collectives.hlo_collectives(compiled.as_text())
+    row["analytic_collectives"] = analytic_collectives(cfg, s, abstract.params, mesh)
+    if jax.default_backend() == "cpu":  # what the same step would send where it will run
+        row["accelerator_collectives"] = analytic_collectives(cfg, s, abstract.params, mesh, "tpu")
+        row["activation_dtype"] = s.model.dtype
+    init = s.transition.init
+    if init != "scratch":
+        t0 = time.perf_counter()
+        compile_fn = compile_expansion if init == "grow" else compile_pruning
+        row["expansion_memory"] = _memory(compile_fn(cfg, plan.stage(s.transition.source), s, mesh))
+        row["expansion_compile_s"] = time.perf_counter() - t0
+        row["transition_kind"] = "expansion" if init == "grow" else "pruning"
+    return row
 
 
 def _gib(n: float) -> str:
@@ -278,9 +312,13 @@ def print_plan(cfg: Any, compile_steps: bool = True, *, chip: str = "", hbm_gib:
         total += r["stage_flops"]
         print(f"\n[{r['name']}] params {r['params'] / 1e9:.3f}B (non-embedding {r['non_embedding_params'] / 1e9:.3f}B), "
               f"train FLOPs/token {r['train_flops_per_token']:.3g}")
-        print(f"  stage: {r['tokens']:.3g} tokens in {r['steps']} steps = {r['stage_flops']:.3g} FLOPs "
+        print(f"  stage: {r['transition']}")
+        teacher = f", of which the teacher's forwards {r['teacher_flops']:.3g}" if r["teacher_flops"] else ""
+        print(f"  stage: {r['tokens']:.3g} tokens in {r['steps']} steps = {r['stage_flops']:.3g} FLOPs{teacher} "
               f"(cumulative {total:.3g})")
-        print(f"  per device: params {_gib(r['param_bytes_per_device'])} + optimizer {_gib(r['opt_bytes_per_device'])}")
+        print(f"  per device: params {_gib(r['param_bytes_per_device'])} + optimizer {_gib(r['opt_bytes_per_device'])}"
+              + (f" + frozen teacher params {_gib(r['teacher_bytes_per_device'])}"
+                 if "teacher_bytes_per_device" in r else ""))
         state = r["param_bytes_per_device"] + r["opt_bytes_per_device"]
         if "train_step_memory" in r:
             m = r["train_step_memory"]
@@ -291,12 +329,11 @@ def print_plan(cfg: Any, compile_steps: bool = True, *, chip: str = "", hbm_gib:
         if "collectives" in r:
             _print_traffic(r, backend)
         if "expansion_memory" in r:
-            m = r["expansion_memory"]
-            print(f"  compiled expansion from the previous member ({r['expansion_compile_s']:.1f}s): "
-                  f"{_memory_line(m)}")
+            m, kind = r["expansion_memory"], r["transition_kind"]
+            print(f"  compiled {kind} from its source member ({r['expansion_compile_s']:.1f}s): {_memory_line(m)}")
             if target and m:
                 r["expansion_fit"] = fit_verdict(m, target[1], cfg, mesh_shape, state, r["param_bytes_per_device"],
                                                  train=False)
-                print(f"  expansion on {target[0]}: {r['expansion_fit']}")
+                print(f"  {kind} on {target[0]}: {r['expansion_fit']}")
     print(f"\nfamily total: {total:.4g} train FLOPs")
     return rows

@@ -174,12 +174,29 @@ def _resolve_tokenizer(data_cfg: Any, specs: list[SourceSpec], vocab_size: int,
     for s in specs:
         if s.train.tokenized is not None:
             return tokenizers_lib.load_tokenizer(str(s.train.tokenized / "tokenizer.json"), vocab_size, s.train.field, eos, bos)
-    if workdir is not None and (workdir / "tokenizer.json").exists():
-        return tokenizers_lib.load_tokenizer(str(workdir / "tokenizer.json"), vocab_size, f"{workdir}/tokenizer.json (cached)", eos, bos)
+    if workdir is not None and (workdir / tokenizers_lib.RUN_TOKENIZER).exists():
+        return tokenizers_lib.run_tokenizer(workdir, vocab_size, eos, bos)
     files = [f for s in specs for f in s.train.files]
     tok = tokenizers_lib.train_bpe(tokenizers_lib.sample_texts(files, data_cfg.text_field, "data.train_files",
                                                        tokenizers_lib.DEFAULT_SAMPLE_BYTES), vocab_size)
     return tokenizers_lib.describe(tok, eos, bos, "the trained tokenizer")
+
+
+def declared_tokenizer(data_cfg: Any, vocab_size: int) -> tokenizers_lib.TokenizerInfo | None:
+    """The tokenizer the data config names (data.tokenizer, else a tokenized directory's), or None when the run would
+    take its workdir's or train one (raw text): what `expand` and `prune` check against the parent's."""
+    specs = source_specs(data_cfg)
+    if not data_cfg.tokenizer and all(s.train.tokenized is None for s in specs):
+        return None
+    return _resolve_tokenizer(data_cfg, specs, vocab_size, None)
+
+
+def _tokenizer_source(data_cfg: Any, specs: list[SourceSpec]) -> str:
+    """The config field whose tokenizer a run uses (what a mismatch with the pinned one names)."""
+    if data_cfg.tokenizer:
+        return f"data.tokenizer={data_cfg.tokenizer}"
+    tokenized = [s.train for s in specs if s.train.tokenized is not None]
+    return f"{tokenized[0].field}={tokenized[0].tokenized}" if tokenized else "the run's tokenizer.json"
 
 
 def prepare(data_cfg: Any, vocab_size: int, workdir: Path | epath.Path | None,
@@ -196,6 +213,7 @@ def prepare(data_cfg: Any, vocab_size: int, workdir: Path | epath.Path | None,
     workdir = epath.Path(str(workdir)) if workdir is not None else None
     specs = source_specs(data_cfg)
     info = _resolve_tokenizer(data_cfg, specs, vocab_size, workdir)
+    tokenizers_lib.check_pinned(workdir, info, _tokenizer_source(data_cfg, specs))
     workers = int(data_cfg.get("tokenize_workers", 1))
     names: dict = {}
     staged: dict = {}

@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxgrow.data import corpus
 from jaxgrow.data.formats import DataError
+from jaxgrow.model import sharding
 
 
 # Batches read ahead (in threads) from a store with remote shards: with one batch in flight the loader idles for the
@@ -138,6 +139,15 @@ def eval_batches(stream, seq_len: int, global_batch: int, max_batches: int,
         local = global_batch // process_count
         rows = range(process_index * local, (process_index + 1) * local)
     return [np.stack(windows._getitems([(b * global_batch + int(r)) % len(windows) for r in rows])) for b in range(n)]
+
+
+def device_eval_batches(stream, data_cfg: Any, mesh: jax.sharding.Mesh) -> list[jax.Array]:
+    """The fixed held-out batches as global arrays split over `mesh`'s batch axes, each process supplying its own
+    rows: the one builder of eval batches (training's held-out loss, the report's KL and acceptance, `evaluate`)."""
+    batch_sharding = sharding.batch_sharding(mesh)
+    host = eval_batches(stream, data_cfg.seq_len, data_cfg.batch_size, data_cfg.eval_batches,
+                        rows=sharding.process_rows(batch_sharding, data_cfg.batch_size))
+    return [jax.make_array_from_process_local_data(batch_sharding, b) for b in host]
 
 
 class DeviceIterator:

@@ -270,6 +270,39 @@ def _common_pins(jobs: list[UnitJob]) -> dict:
     return {k: v for k, v in pins.items() if k != "source"}
 
 
+def _run_units(todo: list, workers: int, tok_json: str, bar) -> dict[int, dict]:
+    """Tokenizes the units in this process (workers <= 1 or one unit) or a spawned pool; unit index -> record."""
+    records = {}
+    if workers <= 1 or len(todo) <= 1:
+        q = queue_lib.SimpleQueue()
+        _init_worker(tok_json, q)
+        for job in todo:
+            records[job.index] = _tokenize_unit(job)
+            while not q.empty():
+                bar.update(q.get()[0])
+        return records
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    n_proc = min(workers, len(todo))
+    threads = max(1, (os.cpu_count() or 1) // n_proc)
+    with ctx.Pool(n_proc, initializer=_init_worker, initargs=(tok_json, q, threads)) as pool:
+        pending = pool.map_async(_tokenize_unit, todo, chunksize=1)
+        while True:
+            try:
+                bar.update(q.get(timeout=0.2)[0])
+            except queue_lib.Empty:
+                if pending.ready():
+                    break
+        for rec in pending.get():
+            records[rec["index"]] = rec
+        while True:
+            try:
+                bar.update(q.get_nowait()[0])
+            except queue_lib.Empty:
+                break
+    return records
+
+
 def tokenize_files(paths: list[epath.Path], out: epath.Path, info: tokenizers_lib.TokenizerInfo, *, text_field: str = "text",
                    workers: int = 1, shard_tokens: int = DEFAULT_SHARD_TOKENS, field: str = "--inputs",
                    progress: bool = True, desc: str = "tokenize") -> dict:
@@ -310,33 +343,7 @@ def tokenize_files(paths: list[epath.Path], out: epath.Path, info: tokenizers_li
         bar = tqdm(desc=desc, unit="tok", unit_scale=True, dynamic_ncols=True,
                    disable=not progress or not todo or not sys.stderr.isatty())
         try:
-            if workers <= 1 or len(todo) <= 1:
-                q = queue_lib.SimpleQueue()
-                _init_worker(tok_json, q)
-                for job in todo:
-                    records[job.index] = _tokenize_unit(job)
-                    while not q.empty():
-                        bar.update(q.get()[0])
-            else:
-                ctx = multiprocessing.get_context("spawn")
-                q = ctx.Queue()
-                n_proc = min(workers, len(todo))
-                threads = max(1, (os.cpu_count() or 1) // n_proc)
-                with ctx.Pool(n_proc, initializer=_init_worker, initargs=(tok_json, q, threads)) as pool:
-                    pending = pool.map_async(_tokenize_unit, todo, chunksize=1)
-                    while True:
-                        try:
-                            bar.update(q.get(timeout=0.2)[0])
-                        except queue_lib.Empty:
-                            if pending.ready():
-                                break
-                    for rec in pending.get():
-                        records[rec["index"]] = rec
-                    while True:
-                        try:
-                            bar.update(q.get_nowait()[0])
-                        except queue_lib.Empty:
-                            break
+            records.update(_run_units(todo, workers, tok_json, bar))
         finally:
             bar.close()
     except BaseException:

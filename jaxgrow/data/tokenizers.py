@@ -124,6 +124,68 @@ def load_tokenizer(path: str | Path, vocab_size: int, field: str = "data.tokeniz
     return info
 
 
+# ----------------------------------------------------------------------------------------------
+# A run's tokenizer: W/tokenizer.json, and its identity pinned in W/run.json when the run first trained (or when
+# `expand` / `prune` made it), so every later command that reads the run or brings data into it uses that tokenizer
+# or refuses with one line (a replaced tokenizer.json, data tokenized with another tokenizer).
+
+RUN_TOKENIZER = "tokenizer.json"
+RUN_RECORD = "run.json"
+
+
+def run_tokenizer(workdir: Any, vocab_size: int, eos_token: str = "", bos_token: str = "",
+                  field: str = "--workdir") -> TokenizerInfo:
+    """The tokenizer a run trained with, with its EOS and BOS ids (the run's data.eos_token / data.bos_token
+    resolved as training resolved them), checked against the run's pinned identity: the one lookup of a workdir's
+    tokenizer (sample, evaluate and its benchmarks, export, expand, prune, and a resumed run's cached tokenizer)."""
+    path = storage.join(workdir, RUN_TOKENIZER)
+    if not path.is_file():
+        raise DataError(f"{field}={workdir} has no {RUN_TOKENIZER}; it is not a trained jaxgrow run (or its tokenizer "
+                        "was deleted: restore it)")
+    info = load_tokenizer(str(path), vocab_size, f"{path}", eos_token, bos_token)
+    check_pinned(workdir, info, str(path))
+    return info
+
+
+def pinned(workdir: Any) -> dict | None:
+    """The tokenizer identity pinned in W/run.json ({sha256, eos_token, eos_id, bos_token, bos_id, size}), or None
+    (a run that never trained, or one made before the pin existed)."""
+    path = storage.join(workdir, RUN_RECORD)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get("tokenizer")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        raise DataError(f"{path} is damaged (not a JSON object); it pins the run's tokenizer: restore it, or delete it "
+                        "to pin the current tokenizer.json again") from None
+
+
+def pin(workdir: Any, info: TokenizerInfo) -> None:
+    """Pins `info` as the run's tokenizer in W/run.json (once: a pin is never replaced)."""
+    if pinned(workdir) is not None:
+        return
+    record = {"tokenizer": {"sha256": info.sha256, "eos_token": info.eos_token, "eos_id": info.eos_id,
+                            "bos_token": info.bos_token, "bos_id": info.bos_id, "size": info.size}}
+    storage.atomic_write_text(storage.join(workdir, RUN_RECORD), json.dumps(record, indent=2))
+
+
+def check_pinned(workdir: Any, info: TokenizerInfo, what: str) -> None:
+    """`info` (the tokenizer of `what`) is the run's pinned tokenizer, EOS and BOS; DataError naming both otherwise."""
+    pin_ = pinned(workdir) if workdir is not None else None
+    if pin_ is None:
+        return
+    if pin_["sha256"] != info.sha256:
+        raise DataError(f"{what}: tokenizer sha256 {info.sha256[:12]}... is not the tokenizer this run trained with "
+                        f"(sha256 {pin_['sha256'][:12]}..., pinned in {storage.join(workdir, RUN_RECORD)}); give data "
+                        "tokenized with the run's tokenizer, or restore the run's tokenizer.json")
+    for key in ("eos_id", "bos_id"):
+        if pin_[key] != getattr(info, key):
+            token = key.split("_")[0]
+            raise DataError(f"{what}: {token.upper()} id {getattr(info, key)} ({getattr(info, token + '_token')!r}) "
+                            f"differs from the run's pinned {pin_[key]} ({pin_[token + '_token']!r}); set "
+                            f"data.{token}_token to the run's")
+
+
 def check_vocab(info: TokenizerInfo, vocab_size: int, source: str) -> None:
     if info.size > vocab_size:
         raise DataError(f"{source} has {info.size} tokens but model.vocab_size={vocab_size}; model.vocab_size "

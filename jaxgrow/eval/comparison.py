@@ -5,7 +5,8 @@ runs the arms; this module only reads their report.json / eval.json contents).
 Arms (names as reproduce_paper.py runs them): `progressive` (progressive training, each stage re-warming to the
 size-adjusted peak of the rule fitted on grown models), `fixed_lr` (progressive, one fixed re-warm peak for every
 stage), `independent` (every size from scratch at its own tuned peak), `paper_operator` (the paper's bert2BERT
-operator), `consistency` (progressive plus a KL term to the previous member).
+operator), `consistency` (progressive plus a KL term to the previous member), `pruned` (the largest member from
+scratch, every smaller one pruned from it and distilled from it: the other direction).
 
 Claims (each paired by seed, with a 95% t-interval, the minimum detectable effect and the seeds that would decide it):
     comparable_quality_at_lower_compute   fixed_lr vs independent: every member's held-out loss within +0.5% of its
@@ -18,6 +19,8 @@ Claims (each paired by seed, with a 95% t-interval, the minimum detectable effec
                                           KL ~ arm + Δloss + pair over every adjacent pair and seed (Δloss: the
                                           pair's held-out loss difference, which drives KL by itself)
     higher_draft_acceptance_temperature_*  the same consistency seen by speculative decoding
+    pruned_vs_progressive_at_equal_flops  pruned vs progressive: lower mean held-out loss over the members at equal
+                                          total train FLOPs (which direction builds the cheaper family)
 A verdict judges the method, not the config: FLOPs saved follow from the members' sizes and are reported, not judged.
 
 `compare(results, seeds)` takes results[arm][seed] = {"report": report.json, "eval": eval.json} and returns the
@@ -136,6 +139,26 @@ def mean_loss_claim(results: dict, seeds: list, a: str, b: str, name: str, state
                                                     for n, v in per_member.items()}})
 
 
+def pruned_claim(results: dict, seeds: list) -> dict:
+    """pruned_vs_progressive_at_equal_flops: the mean held-out loss over the members of a pruned family (the largest
+    from scratch, the others pruned from it and distilled) minus a progressive family's, paired by seed. Both cost
+    what their largest member alone does under the paper's cost rule (the pruned family gives budget.distill_share
+    of it to the distillation stages), so the two compare at equal total train FLOPs; the claim records both totals
+    and is not applicable when they differ by more than 2%."""
+    totals = {a: [results[a][s]["report"]["total_train_flops"] for s in seeds] for a in ("pruned", "progressive")}
+    ratio = float(np.mean(totals["pruned"]) / np.mean(totals["progressive"]))
+    claim = mean_loss_claim(
+        results, seeds, "pruned", "progressive", "pruned_vs_progressive_at_equal_flops",
+        "a family pruned down from its largest member and distilled from it reaches a lower mean held-out loss than "
+        "a progressively grown family at equal total train FLOPs: difference = loss(pruned) - loss(progressive), "
+        "paired by seed (negative: pruning down wins; positive: growing up wins)",
+        not_applicable=(f"the families' total train FLOPs differ by {abs(ratio - 1):.1%}, not equal"
+                        if abs(ratio - 1) > 0.02 else None))
+    claim["total_train_flops"] = {a: float(np.mean(v)) for a, v in totals.items()}
+    claim["flops_ratio_pruned_over_progressive"] = ratio
+    return claim
+
+
 def kl_claims(results: dict, seeds: list, arm: str, suffix: str = "") -> list[dict]:
     """lower_adjacent_kl (raw, forward with reverse and per-pair detail) and lower_adjacent_kl_at_equal_gap (the arm
     effect of KL ~ arm + Δloss + pair), arm vs independent."""
@@ -219,46 +242,68 @@ def acceptance_claims(results: dict, seeds: list, arm: str, per_seed_accept: dic
 def compare(results: dict, seeds: list) -> dict:
     """results[arm][seed] -> the comparison dict (see the module docstring)."""
     arms = list(results)
-    first = results[arms[0]][seeds[0]]
-    names = [m["name"] for m in first["report"]["members"]]
+    names = [m["name"] for m in results[arms[0]][seeds[0]]["report"]["members"]]
     total = {a: results[a][seeds[0]]["report"]["total_train_flops"] for a in arms}
     baseline = total.get("independent")
     saved = {a: (1.0 - t / baseline) if baseline else None for a, t in total.items()}
-
-    per_seed_mean_loss = {a: {s: float(np.mean([m["eval_loss"] for m in _members(results, a, s)])) for s in seeds}
-                          for a in arms}
-    per_seed_kl = {a: {s: float(np.mean([m["kl_to_next"] for m in _members(results, a, s)[:-1]]))
-                       if len(names) > 1 and None not in [m["kl_to_next"] for m in _members(results, a, s)[:-1]]
-                       else None for s in seeds} for a in arms}
     # mean over adjacent pairs of the draft acceptance rate (a smaller member drafting for the next), per temperature
     per_seed_accept = {t: {a: {s: (mean_draft_acceptance(_members(results, a, s)) or {}).get(t) for s in seeds}
                            for a in arms} for t in ("temperature_0", "temperature_1")}
-    arm_summary = {a: {"seeds": seeds, "total_train_flops": total[a], "flops_saved_fraction": saved[a],
-                       "mean_eval_loss": _summ(per_seed_mean_loss[a], seeds),
-                       "mean_adjacent_kl": _summ(per_seed_kl[a], seeds) if None not in per_seed_kl[a].values()
-                       else stats.mean_ci([]),
-                       "mean_draft_acceptance": {t: _summ(per_seed_accept[t][a], seeds)
-                                                 if None not in per_seed_accept[t][a].values() else None
-                                                 for t in per_seed_accept},
-                       "lr_rule": results[a][seeds[0]]["report"].get("lr_rule"),
-                       "peak_lr": [m.get("peak_lr") for m in _members(results, a, seeds[0])],
-                       "expansion": results[a][seeds[0]]["report"].get("expansion")} for a in arms}
+    return {
+        "seeds": seeds, "arms": _arm_summary(results, seeds, total, saved, per_seed_accept),
+        "members": _member_rows(results, seeds, names), "claims": _claims(results, seeds, saved, per_seed_accept),
+        "flops_saved_fraction": saved, "total_train_flops": total,
+        "kl_definition": "mean over adjacent pairs (k, k+1) of per-token KL(p_k || p_k+1) on the held-out batches, nats",
+        "interval": "95% Student-t interval of the mean over seeds (null with one seed); claims pair arms by seed",
+        "min_detectable_effect": "the paired difference a two-sided t-test at 5% detects with 80% power at the "
+                                 "observed SD of the per-seed differences: (t_0.975 + t_0.8) * SD / sqrt(n)",
+        "verdict_rule": "met when the interval of the paired difference lies wholly on the claimed side (after the "
+                        "margin); not_met when wholly on the other side; not_applicable when the arms are the same run "
+                        "by construction; else inconclusive (seeds_to_decide: seeds that would decide it at the "
+                        "observed mean and SD)",
+    }
 
+
+def _arm_summary(results: dict, seeds: list, total: dict, saved: dict, per_seed_accept: dict) -> dict:
+    out = {}
+    for a in results:
+        mean_loss = {s: float(np.mean([m["eval_loss"] for m in _members(results, a, s)])) for s in seeds}
+        kls = {s: [m["kl_to_next"] for m in _members(results, a, s)[:-1]] for s in seeds}
+        per_seed_kl = {s: float(np.mean(v)) if v and None not in v else None for s, v in kls.items()}
+        out[a] = {"seeds": seeds, "total_train_flops": total[a], "flops_saved_fraction": saved[a],
+                  "mean_eval_loss": _summ(mean_loss, seeds),
+                  "mean_adjacent_kl": _summ(per_seed_kl, seeds) if None not in per_seed_kl.values()
+                  else stats.mean_ci([]),
+                  "mean_draft_acceptance": {t: _summ(per_seed_accept[t][a], seeds)
+                                            if None not in per_seed_accept[t][a].values() else None
+                                            for t in per_seed_accept},
+                  "lr_rule": results[a][seeds[0]]["report"].get("lr_rule"),
+                  "peak_lr": [m.get("peak_lr") for m in _members(results, a, seeds[0])],
+                  "expansion": results[a][seeds[0]]["report"].get("expansion")}
+    return out
+
+
+def _member_rows(results: dict, seeds: list, names: list[str]) -> list[dict]:
     members = []
     for i, name in enumerate(names):
         entry = {"name": name, "arms": {}}
-        for a in arms:
+        for a in results:
             agg = stats.aggregate_metrics([member_metrics(results[a][s], i, name) for s in seeds])
             first_run = _members(results, a, seeds[0])[i]
             row = {"train_flops": first_run["train_flops"], "tokens": first_run.get("tokens"),
-                   "non_embedding_params": first_run.get("non_embedding_params"), "peak_lr": first_run.get("peak_lr")}
+                   "non_embedding_params": first_run.get("non_embedding_params"), "peak_lr": first_run.get("peak_lr"),
+                   "transition": first_run.get("transition_text")}
             for metric, summary in agg.items():
                 row[f"{metric}_mean"] = summary["mean"]
                 row[f"{metric}_ci95"] = summary["ci95"]
             row["epochs"] = agg["epochs"]["mean"] if "epochs" in agg else None
             entry["arms"][a] = row
         members.append(entry)
+    return members
 
+
+def _claims(results: dict, seeds: list, saved: dict, per_seed_accept: dict) -> list[dict]:
+    arms = list(results)
     claims = []
     if "independent" in arms:
         if "fixed_lr" in arms:
@@ -277,8 +322,10 @@ def compare(results: dict, seeds: list) -> dict:
             "members, difference = loss(progressive) - loss(fixed_lr), paired by seed",
             not_applicable="both arms re-warm every member to the same peak (e.g. lr.rule=constant), so they are the "
                            "same run" if same else None))
+    if "pruned" in arms and "progressive" in arms:
+        claims.append(pruned_claim(results, seeds))
     if "independent" in arms:
-        for arm in ("progressive", "paper_operator", "consistency"):
+        for arm in ("progressive", "paper_operator", "consistency", "pruned"):
             if arm not in arms:
                 continue
             if arm == "paper_operator":
@@ -287,18 +334,7 @@ def compare(results: dict, seeds: list) -> dict:
                 continue
             claims += kl_claims(results, seeds, arm, "" if arm == "progressive" else f" ({arm})")
             claims += acceptance_claims(results, seeds, arm, per_seed_accept)
-    return {
-        "seeds": seeds, "arms": arm_summary, "members": members, "claims": claims,
-        "flops_saved_fraction": saved, "total_train_flops": total,
-        "kl_definition": "mean over adjacent pairs (k, k+1) of per-token KL(p_k || p_k+1) on the held-out batches, nats",
-        "interval": "95% Student-t interval of the mean over seeds (null with one seed); claims pair arms by seed",
-        "min_detectable_effect": "the paired difference a two-sided t-test at 5% detects with 80% power at the "
-                                 "observed SD of the per-seed differences: (t_0.975 + t_0.8) * SD / sqrt(n)",
-        "verdict_rule": "met when the interval of the paired difference lies wholly on the claimed side (after the "
-                        "margin); not_met when wholly on the other side; not_applicable when the arms are the same run "
-                        "by construction; else inconclusive (seeds_to_decide: seeds that would decide it at the "
-                        "observed mean and SD)",
-    }
+    return claims
 
 
 def markdown(c: dict) -> str:

@@ -45,52 +45,74 @@ def read_metrics(workdir: Path) -> list[dict]:
 
 
 def build(cfg: Any, stages: list, member_evals: list[dict], independent_stages: list, lineage: dict | None = None) -> dict:
-    """The report dict. member_evals[i]: {'eval_loss', 'kl_to_next', 'kl_from_next', ...}. lineage: the run this
-    one was grown from (family/workdir.py: lineage.json); its train FLOPs count in every cumulative figure and
-    in the savings against training this family from scratch."""
+    """The report dict; `stages` in family order (member_evals[i]: {'eval_loss', 'kl_to_next', 'kl_from_next', ...}
+    of stages[i]). A member's cumulative FLOPs are those of every stage up to its own in training order (its
+    `stage` index). lineage: the run this one was grown or pruned from (family/workdir.py: lineage.json); its train
+    FLOPs count in every cumulative figure and in the savings against training this family from scratch."""
     before = float(lineage["train_flops"]) if lineage else 0.0
-    total = before + float(sum(s.train_flops for s in stages))
+    own = float(sum(s.train_flops for s in stages))
+    total = before + own
     independent_total = float(sum(s.train_flops for s in independent_stages))
-    members, cumulative = [], before
+    # a pruned run's parent was trained for its own sake (the largest member of another family): its FLOPs count in
+    # the totals, but the saving compares what this run spent with training its members from scratch
+    spent = own if lineage and lineage.get("kind") == "prune" else total
+    members = []
     for s, ev in zip(stages, member_evals):
-        cumulative += s.train_flops
+        cumulative = before + sum(o.train_flops for o in stages if _order(o) <= _order(s))
+        row = getattr(s, "transition", None)
         members.append({
-            "name": s.name, "params": s.params, "non_embedding_params": s.non_embedding_params, "tokens": s.tokens,
-            "steps": s.steps, "train_flops": s.train_flops, "cumulative_train_flops": cumulative,
-            "train_flops_per_token": s.train_flops_per_token, "eval_loss": ev["eval_loss"],
-            "eval_ppl": float(np.exp(min(ev["eval_loss"], 50.0))), "kl_to_next": ev["kl_to_next"],
-            "kl_from_next": ev["kl_from_next"], "draft_acceptance": ev.get("draft_acceptance"),
-            "epochs": ev.get("epochs"), "peak_lr": ev.get("peak_lr"),
+            "name": s.name, "stage": s.index, "params": s.params, "non_embedding_params": s.non_embedding_params,
+            "tokens": s.tokens, "steps": s.steps, "train_flops": s.train_flops, "cumulative_train_flops": cumulative,
+            "train_flops_per_token": s.train_flops_per_token,
+            "teacher_forward_flops": (getattr(s, "teacher_active_steps", 0) * getattr(s, "teacher_forward_flops_per_token", 0.0)
+                                      * s.tokens / max(s.steps, 1)),
+            "transition": row.to_json() if row is not None else None,
+            "transition_text": row.describe() if row is not None else None,
+            "eval_loss": ev["eval_loss"], "eval_ppl": float(np.exp(min(ev["eval_loss"], 50.0))),
+            "kl_to_next": ev["kl_to_next"], "kl_from_next": ev["kl_from_next"],
+            "draft_acceptance": ev.get("draft_acceptance"), "epochs": ev.get("epochs"), "peak_lr": ev.get("peak_lr"),
         })
+    grows = any(getattr(s, "transition", None) is not None and s.transition.init == "grow" for s in stages)
     out = {
-        "mode": cfg.mode, "flops_convention": flops.CONVENTION, "total_train_flops": total,
-        "independent_total_train_flops": independent_total,
-        "flops_saved_fraction": 1.0 - total / independent_total if independent_total else 0.0,
-        "expansion": {"method": cfg.expansion.method, "depth": cfg.expansion.depth} if cfg.mode == "progressive" else None,
+        "mode": cfg.mode, "transitions": getattr(cfg, "transitions", "") or None, "flops_convention": flops.CONVENTION,
+        "total_train_flops": total, "independent_total_train_flops": independent_total,
+        "own_train_flops": own, "flops_saved_fraction": 1.0 - spent / independent_total if independent_total else 0.0,
+        "expansion": {"method": cfg.expansion.method, "depth": cfg.expansion.depth} if grows else None,
         "lr_rule": cfg.lr.rule, "consistency_weight": cfg.consistency.weight, "members": members,
     }
     if lineage:
-        out["lineage"] = {k: lineage[k] for k in ("parent", "train_flops", "tokens", "data") if k in lineage}
+        out["lineage"] = {k: lineage[k] for k in ("kind", "parent", "train_flops", "tokens", "data") if k in lineage}
     return out
+
+
+def _order(stage: Any) -> int:
+    return getattr(stage, "index", 0)
 
 
 def markdown(report: dict) -> str:
     lineage = report.get("lineage")
     grown = [] if not lineage else [
-        f"Grown from {lineage['parent']['checkpoint']} (member {lineage['parent']['member']}, step "
+        f"{'Pruned' if lineage.get('kind') == 'prune' else 'Grown'} from {lineage['parent']['checkpoint']} (member "
+        f"{lineage['parent']['member']}, step "
         f"{lineage['parent']['step']}): its {lineage['train_flops']:.4g} train FLOPs and {lineage['tokens']:,.0f} "
-        "tokens are counted in the totals, the cumulative FLOPs and the epochs below.", ""]
-    lines = [f"# jaxgrow family report ({report['mode']})", "",
+        "tokens are counted in the totals, the cumulative FLOPs and the epochs below"
+        + (" (the saving compares this run's own FLOPs: the parent was trained for its own sake)."
+           if lineage.get("kind") == "prune" else "."), ""]
+    how = "custom transition table" if report.get("transitions") else report["mode"]
+    if lineage and lineage.get("kind") == "prune":
+        how = f"pruned from {lineage['parent']['member']}"
+    lines = [f"# jaxgrow family report ({how})", "",
              f"Total train FLOPs: {report['total_train_flops']:.4g} "
              f"(independent family from scratch: {report['independent_total_train_flops']:.4g}; "
              f"saved: {100 * report['flops_saved_fraction']:.1f}%)", "", *grown,
              f"FLOPs convention: {report['flops_convention']}", "",
-             "| member | params | non-emb params | tokens | train FLOPs | eval loss | eval ppl | KL(this‖next) | KL(next‖this) "
-             "| draft acceptance for next (T=0 / T=1) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| member | stage: transition | params | non-emb params | tokens | train FLOPs (teacher incl.) | eval loss "
+             "| eval ppl | KL(this‖next) | KL(next‖this) | draft acceptance for next (T=0 / T=1) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     fmt = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
     for m in report["members"]:
-        lines.append(f"| {m['name']} | {m['params']:,} | {m['non_embedding_params']:,} | {m['tokens']:,} | "
+        how = f"{m['stage']}: {m['transition_text']}" if m.get("transition_text") else "—"
+        lines.append(f"| {m['name']} | {how} | {m['params']:,} | {m['non_embedding_params']:,} | {m['tokens']:,} | "
                      f"{m['train_flops']:.3g} | {m['eval_loss']:.4f} | {m['eval_ppl']:.2f} | "
                      f"{fmt(m['kl_to_next'])} | {fmt(m['kl_from_next'])} | {_acceptance_cell(m.get('draft_acceptance'))} |")
     if any(m.get("draft_acceptance") for m in report["members"]):
@@ -187,6 +209,27 @@ def render_markdown(workdir: Path) -> None:
         if table:
             sections.append("## Benchmarks\n\n" + table)
     storage.atomic_write_text(workdir / "report.md", "\n".join(s.rstrip("\n") + "\n" for s in sections))
+
+
+def update_eval_json(workdir: Path, update: dict, samples: dict | None = None, **fields) -> dict:
+    """The one writer of W/eval.json: merges `update` ({member: {key: value}}; benchmark suites merge task by task,
+    so other suites, tasks and members are kept) and top-level `fields` (e.g. a convention string) into it, writes it
+    atomically, writes eval_samples/<member>/<task>.jsonl for `samples` ({(member, task): [record]}), and re-renders
+    report.md (process 0 only). Returns the merged eval.json."""
+    import jax  # noqa: PLC0415
+
+    from jaxgrow.eval.benchmarks import results as bench_results  # noqa: PLC0415
+
+    merged = dict(bench_results.merge_eval_json(workdir, update), **fields)
+    if jax.process_index() != 0:
+        return merged
+    storage.atomic_write_text(storage.join(workdir, "eval.json"), json.dumps(merged, indent=2))
+    for (member, task), records in (samples or {}).items():
+        path = storage.join(workdir, "eval_samples", member, f"{task}.jsonl")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        storage.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+    render_markdown(workdir)  # every section from its JSON source: the Benchmarks one from eval.json
+    return merged
 
 
 def write(workdir: Path, report: dict, stages: list, schedules: list) -> None:

@@ -1,4 +1,5 @@
-"""Pure, function-preserving growth of a parameter pytree (and its Adam moments).
+"""The expand wing: pure, function-preserving growth of a parameter pytree (and its Adam moments). Knows nothing
+about training, files or meshes beyond an optional out-sharding; may import model and config.
 
     expand_params(params, src_cfg, dst_cfg, *, method="zero", depth="identity", noise=0.0, key=None)
     expand_opt_state(opt_state, params_src, src_cfg, dst_cfg, *, method=..., policy="carry")
@@ -39,7 +40,7 @@ __all__ = ["expand_params", "expand_opt_state", "POLICIES", "resolve_target", "m
            "Plan", "METHODS", "DEPTHS"]
 
 
-POLICIES = ("carry", "reset", "param_scale")
+POLICIES = ("carry", "reset")
 
 
 def _default_key(key: jax.Array | None) -> jax.Array:
@@ -88,8 +89,7 @@ def expand_opt_state(opt_state: Any, params_src: dict, src_cfg: Any, dst_cfg: An
       of that; fresh entries and inserted identity layers get 0. Exact wherever the param map is
       exact: the mapped source gradient equals the gradient at the grown params. Adam's step count is
       kept unless reset_count. policy="reset": every param-shaped leaf becomes 0 and counts restart
-      at 0. policy="param_scale": the pre-#15 rule (moments scaled like the params), kept only for
-      experiments/moment_carry.py.
+      at 0.
     Any other param-shaped subtree is mapped like `mu`; scalars are kept.
     """
     if policy not in POLICIES:
@@ -106,7 +106,7 @@ def expand_opt_state(opt_state: Any, params_src: dict, src_cfg: Any, dst_cfg: An
     def moments(tree: dict, kind: str) -> dict:
         if policy == "reset":
             return zeros()
-        return _jitted(kind + ("_param" if policy == "param_scale" else ""), *frozen)(tree)
+        return _jitted(kind, *frozen)(tree)
 
     def visit(node: Any) -> Any:
         if _is_moments(node):

@@ -11,8 +11,6 @@ maps.py): `mu` is multiplied like the gradient, `nu` by its square, fresh entrie
 an inserted identity layer start at 0. Where the map is exact (zero; tile; FPI/AKI/heads without
 uneven residual copies) the mapped source gradient equals the gradient at the grown parameters, so
 the carried moments are the ones the grown model would have accumulated (tests/test_expand.py).
-kind='mu_param'/'nu_param' is the pre-#15 rule (moments scaled like the *parameters*), kept only so
-experiments/moment_carry.py can measure what it cost.
 """
 
 from __future__ import annotations
@@ -86,10 +84,9 @@ def _zero_sum_noise(key: jax.Array, shape: tuple, axis: int, m: maps_lib.DimMap)
 
 def transform(x: jax.Array, spec: layout.ParamSpec, plan: maps_lib.Plan, *, kind: str = "param",
               key: jax.Array | None = None, noise: float = 0.0) -> jax.Array:
-    """Expands one array. kind: 'param', 'mu' (first moment) or 'nu' (second moment); 'mu_param' /
-    'nu_param' scale moments like the parameters (the old rule, for comparison only)."""
+    """Expands one array. kind: 'param', 'mu' (first moment) or 'nu' (second moment)."""
     x = jnp.asarray(x, jnp.float32)
-    power = 2 if kind in ("nu", "nu_param") else 1
+    power = 2 if kind == "nu" else 1
     gradient_rule = kind in ("mu", "nu")
     axes = list(_width_axes(spec, plan))
     aki = plan.method == "bert2bert_aki" and spec.stacked and any(r == "out" for _, _, r, _ in axes)

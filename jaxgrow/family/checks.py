@@ -1,13 +1,15 @@
-"""The run config validated as a whole: the schema (config.validate), then what needs the layout, the LR rules
-and the expansion maths: every member's peak LR, and each growth between adjacent members. Everything that
-prepares a run (train, expand, import, plan, the experiments) calls `validate` before it writes anything."""
+"""The run config validated as a whole: the schema (config.validate), then what needs the layout, the LR rules,
+the transition table and the expansion and pruning maths: every member's peak LR, each row's growth or pruning, the
+RoPE context. Everything that prepares a run (train, expand, prune, import, plan, the experiments) calls it through
+`run_plan.resolve` before it writes anything."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from jaxgrow import config as config_lib, expand
+from jaxgrow import config as config_lib, expand, prune
+from jaxgrow.family import budgets
 from jaxgrow.model import layout
 from jaxgrow.train import schedules
 
@@ -26,16 +28,27 @@ def check_peak_lrs(cfg: Any, fam: list[config_lib.Member]) -> None:
                                          "it must be finite and > 0")
 
 
-def check_expansions(cfg: Any, fam: list[config_lib.Member]) -> None:
-    """A progressive family can grow each member into the next with config.expansion."""
-    if cfg.mode != "progressive":
-        return
+def check_transitions(cfg: Any, fam: list[config_lib.Member], rows: list) -> None:
+    """Each grow row can grow its source into its member with config.expansion, and each prune row can prune its
+    source down to its member (sizes, head grouping); vocab and head_dim are shared by the whole family."""
+    by_name = {m.name: m for m in fam}
     e = cfg.expansion
-    for prev, cur in zip(fam, fam[1:]):
+    for row in rows:
+        if row.init == "scratch":
+            continue
+        src, dst = by_name[row.source], by_name[row.member]
+        config_lib.validate_shared(src.model, dst.model, f"members.{src.name}", f"members.{dst.name}")
         try:
-            expand.check(prev.model, cur.model, e.method, e.depth, e.depth_position)
+            if row.init == "grow":
+                config_lib.validate_growth(src.model, dst.model, f"members.{src.name}", f"members.{dst.name}")
+                expand.check(src.model, dst.model, e.method, e.depth, e.depth_position)
+            else:
+                prune.check(src.model, dst.model)
+        except config_lib.ConfigError:
+            raise
         except ValueError as err:
-            raise config_lib.ConfigError(f"expansion members.{prev.name} -> members.{cur.name}: {err}") from None
+            what = "expansion" if row.init == "grow" else "pruning"
+            raise config_lib.ConfigError(f"{what} members.{src.name} -> members.{dst.name}: {err}") from None
 
 
 def check_contexts(cfg: Any, fam: list[config_lib.Member]) -> None:
@@ -53,7 +66,7 @@ def validate(cfg: Any) -> list[config_lib.Member]:
     """The ordered members of a valid run config; ConfigError (one line naming the field) otherwise."""
     fam = config_lib.validate(cfg)
     check_peak_lrs(cfg, fam)
-    check_expansions(cfg, fam)
+    check_transitions(cfg, fam, budgets.table(cfg, fam=fam))
     check_contexts(cfg, fam)
     return fam
 

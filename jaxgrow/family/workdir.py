@@ -25,7 +25,8 @@ import ml_collections
 from etils import epath
 
 from jaxgrow import config as config_lib, storage
-from jaxgrow.family.budgets import StageBudget, budgets
+from jaxgrow.family import run_plan
+from jaxgrow.family.budgets import StageBudget
 from jaxgrow.model import sharding
 from jaxgrow.train import checkpoint, trainer
 
@@ -98,9 +99,9 @@ def apply_recorded(stages: list[StageBudget], workdir: Path) -> list[StageBudget
     out = []
     for s in stages:
         r = recorded.get(s.name)
-        if r is not None and r["index"] == s.index:
-            fields = {k: v for k, v in r.items() if k != "model"}
-            s = StageBudget(model=s.model, **fields)
+        if r is not None and r["index"] == s.index:  # the numbers as recorded; the row and position from the plan
+            fields = {k: v for k, v in r.items() if k not in ("model", "transition", "position")}
+            s = StageBudget(model=s.model, transition=s.transition, position=s.position, **fields)
         out.append(s)
     return out
 
@@ -132,9 +133,10 @@ def read_run_config(workdir: Path, flag: str = "--workdir") -> Any:
 
 
 def load_setup_for_eval(workdir: Path) -> tuple[Any, list[StageBudget]]:
-    """The saved config and stage budgets (as recorded when each stage started) of an existing workdir."""
+    """The saved config and stage budgets (training order, as recorded when each stage started) of an existing
+    workdir."""
     cfg = read_run_config(workdir)
-    return cfg, apply_recorded(budgets(cfg), workdir)
+    return cfg, apply_recorded(list(run_plan.resolve(cfg, lineage=read_lineage(workdir)).stages), workdir)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,6 +271,19 @@ def restore_member(workdir: Path, stage: StageBudget, optimizer, mesh, with_opt:
         return rebuilt.restore(stage.steps, abstract.params, abstract.opt_state if with_opt else None)
     finally:
         rebuilt.close()
+
+
+def checkpoint_params(directory: Any, model_cfg: Any, mesh) -> dict:
+    """The params of the newest checkpoint in `directory` (a members/<name> or stages/<k>-<name> dir of any run, e.g.
+    a distillation teacher given by path), restored onto `mesh` with `model_cfg`'s layout."""
+    optimizer = trainer.make_optimizer(config_lib.base_config().optimizer, model_cfg)  # only shapes are used
+    abstract = trainer.abstract_state(model_cfg, optimizer, mesh)
+    ckpts = checkpoint.Checkpoints(directory)
+    try:
+        params, _, _ = ckpts.restore(ckpts.latest_step(), abstract.params, None)
+    finally:
+        ckpts.close()
+    return params
 
 
 def member_params(workdir: Path, stage: StageBudget, mesh=None) -> dict:

@@ -37,7 +37,7 @@ DTYPES = {"float32": ("F32", jnp.float32, np.float32), "bfloat16": ("BF16", jnp.
 
 def _hf_mapping():
 
-    return hf._MAPPINGS
+    return hf.MAPPINGS
 
 
 def _plan(model_cfg: Any) -> list[tuple[str, layout.ParamSpec, int | None, tuple[int, ...]]]:

@@ -85,7 +85,7 @@ class _Mapping:
     n_in: int      # linear weights: how many leading (per-layer) axes are inputs; 0 = copied as is
 
 
-_MAPPINGS: dict[tuple[str, ...], _Mapping] = {
+MAPPINGS: dict[tuple[str, ...], _Mapping] = {
     ("embed", "embedding"): _Mapping("model.embed_tokens.weight", 0),
     ("layers", "attn_norm", "scale"): _Mapping("model.layers.{l}.input_layernorm.weight", 0),
     ("layers", "attn", "q_proj"): _Mapping("model.layers.{l}.self_attn.q_proj.weight", 1),
@@ -105,9 +105,9 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 def _mapping(spec: layout.ParamSpec) -> _Mapping:
-    if spec.path not in _MAPPINGS:
-        raise NotImplementedError(f"hf: no Hugging Face name for parameter {spec.name}; add it to hf._MAPPINGS")
-    return _MAPPINGS[spec.path]
+    if spec.path not in MAPPINGS:
+        raise NotImplementedError(f"hf: no Hugging Face name for parameter {spec.name}; add it to hf.MAPPINGS")
+    return MAPPINGS[spec.path]
 
 
 def _layer_shape(spec: layout.ParamSpec) -> tuple[int, ...]:
@@ -154,7 +154,7 @@ def to_hf_tensors(params: dict, model_cfg: Any) -> dict[str, np.ndarray]:
 
 def from_hf_tensors(tensors: dict[str, np.ndarray], model_cfg: Any, source: str = "checkpoint") -> dict:
     """HF state dict -> our params (float32 numpy). Raises HFError on missing, extra or misshapen tensors."""
-    tied_head = _MAPPINGS[("lm_head", "kernel")].name if model_cfg.tie_embeddings else None
+    tied_head = MAPPINGS[("lm_head", "kernel")].name if model_cfg.tie_embeddings else None
     biases = sorted(n for n in tensors if n.endswith(".bias"))
     if biases:
         raise HFError(f"{source}: has bias tensors ({biases[0]}, ...); only bias-free Llama models are supported")

@@ -1,5 +1,5 @@
-"""The model wing: THE parameter layout (layout.py), the decoder, meshes and logical-axis rules, FLOPs, losses,
-collectives. Imports only config (and storage); every wing above reads the layout from here.
+"""The model wing: THE parameter layout (layout.py), the decoder, meshes and logical-axis rules (sharding.py), FLOPs,
+losses, collectives. May import only config (and storage); every wing above reads the layout from here.
 
 `jaxgrow.model.init_params` and `jaxgrow.model.logits` (the public API) are the decoder's, resolved on first
 use so that `jaxgrow.model.layout` alone does not import flax.

@@ -1,2 +1,3 @@
-"""The serve wing: prefill + KV-cache decoding and sampling (decode.py), speculative sampling across family
-members and draft acceptance (speculative.py). Imports model and config; the `sample` command is in cli."""
+"""The serve wing: prefill + KV-cache decoding and sampling (decode.py), speculative sampling across family members
+and draft acceptance (speculative.py), on params it is given (the `sample` command finds them: family/serving.py).
+May import model and config."""

@@ -50,11 +50,11 @@ class KVCache(NamedTuple):
     v: jax.Array
 
 
-def _frozen(cfg: Any) -> ml_collections.FrozenConfigDict:
+def frozen_config(cfg: Any) -> ml_collections.FrozenConfigDict:
     return cfg if isinstance(cfg, ml_collections.FrozenConfigDict) else ml_collections.FrozenConfigDict(cfg)
 
 
-def _round_up(n: int, m: int) -> int:
+def round_up(n: int, m: int) -> int:
     return max(m, -(-n // m) * m)
 
 
@@ -215,8 +215,8 @@ def check_prompt(prompt_ids: Sequence[int], model_cfg: Any, max_new_tokens: int 
         raise InputError(f"{what}: token id {bad[0]} is outside the vocabulary [0, {model_cfg.vocab_size})")
 
 
-def _left_pad(prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-    P = _round_up(max(len(p) for p in prompts), PROMPT_BUCKET)
+def left_pad(prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    P = round_up(max(len(p) for p in prompts), PROMPT_BUCKET)
     tokens = np.zeros((len(prompts), P), np.int32)
     pad = np.zeros(len(prompts), np.int32)
     for b, p in enumerate(prompts):
@@ -237,9 +237,9 @@ def generate_batch(params: dict, model_cfg: Any, prompts: Sequence[Sequence[int]
         check_prompt(p, model_cfg, max_new_tokens, f"prompts[{i}]" if len(prompts) > 1 else "--prompt")
     if max_new_tokens == 0:
         return [[] for _ in prompts]
-    tokens, pad = _left_pad(prompts)
-    out_len = _round_up(tokens.shape[1] + max_new_tokens, CACHE_BUCKET) - tokens.shape[1]
-    out, lengths = _decode(params, _frozen(model_cfg), jnp.asarray(tokens), jnp.asarray(pad),
+    tokens, pad = left_pad(prompts)
+    out_len = round_up(tokens.shape[1] + max_new_tokens, CACHE_BUCKET) - tokens.shape[1]
+    out, lengths = _decode(params, frozen_config(model_cfg), jnp.asarray(tokens), jnp.asarray(pad),
                            jnp.int32(max_new_tokens), jnp.int32(-1 if eos_id is None else eos_id),
                            jax.random.key(seed), jnp.float32(temperature), top_k=int(top_k), top_p=float(top_p),
                            out_len=int(out_len))
@@ -287,9 +287,9 @@ def full_recompute_generate(params: dict, model_cfg: Any, prompt_ids: Sequence[i
                             eos_id: int | None = None) -> list[int]:
     """Greedy continuation with no cache: O(n^2) work, the decoder `sample` used before the cache."""
     check_prompt(prompt_ids, model_cfg, max_new_tokens)
-    buf = np.zeros(_round_up(len(prompt_ids) + max_new_tokens, CACHE_BUCKET), np.int32)
+    buf = np.zeros(round_up(len(prompt_ids) + max_new_tokens, CACHE_BUCKET), np.int32)
     buf[:len(prompt_ids)] = prompt_ids
-    out, n = _full_recompute(params, _frozen(model_cfg), jnp.asarray(buf), jnp.int32(len(prompt_ids)),
+    out, n = _full_recompute(params, frozen_config(model_cfg), jnp.asarray(buf), jnp.int32(len(prompt_ids)),
                              jnp.int32(max_new_tokens), jnp.int32(-1 if eos_id is None else eos_id))
     out, n = jax.device_get((out, n))
     return [int(t) for t in out[len(prompt_ids):len(prompt_ids) + int(n)]]

@@ -160,11 +160,11 @@ def speculative_batch(target_params: dict, target_cfg: Any, draft_params: dict, 
             decode.check_prompt(p, cfg, max_new_tokens + gamma + 1, f"prompts[{i}]" if len(prompts) > 1 else "--prompt")
     if max_new_tokens == 0 or not prompts:
         return SpeculativeResult([[] for _ in prompts], 0, 0, 0, 0)
-    tokens, pad = decode._left_pad(prompts)
-    out_len = decode._round_up(tokens.shape[1] + max_new_tokens, decode.CACHE_BUCKET) - tokens.shape[1]
+    tokens, pad = decode.left_pad(prompts)
+    out_len = decode.round_up(tokens.shape[1] + max_new_tokens, decode.CACHE_BUCKET) - tokens.shape[1]
     keys = jax.random.split(jax.random.key(seed), len(prompts))
     out, n, accepted, proposed, calls = _speculative(
-        target_params, draft_params, decode._frozen(target_cfg), decode._frozen(draft_cfg), jnp.asarray(tokens), jnp.asarray(pad),
+        target_params, draft_params, decode.frozen_config(target_cfg), decode.frozen_config(draft_cfg), jnp.asarray(tokens), jnp.asarray(pad),
         jnp.int32(max_new_tokens), jnp.int32(-1 if eos_id is None else eos_id), keys, jnp.float32(temperature),
         gamma=int(gamma), top_k=int(top_k), top_p=float(top_p), out_len=int(out_len))
     out, n, accepted, proposed, calls = jax.device_get((out, n, accepted, proposed, calls))
@@ -226,15 +226,15 @@ ACCEPTANCE_NEW_TOKENS = 32   # tokens generated per prompt
 
 def family_acceptance(params: Sequence[dict], model_cfgs: Sequence[Any], batches: Sequence[Any],
                       gamma: int = DEFAULT_GAMMA) -> list[dict | None]:
-    """Per member i: member i drafting for member i+1 on held-out prompts (None for the last, or
-    when the held-out batches are not addressable from this process)."""
+    """Per member i: member i drafting for member i+1 on held-out prompts (None for the last, for a member larger
+    than the next, or when the held-out batches are not addressable from this process)."""
     if not batches or not all(getattr(b, "is_fully_addressable", True) for b in batches):
         return [None] * len(params)
     prompts = held_out_prompts(batches, ACCEPTANCE_PROMPTS, ACCEPTANCE_PROMPT_LEN)
     out: list[dict | None] = []
     for i in range(len(params)):
-        if i + 1 == len(params):
-            out.append(None)
+        if i + 1 == len(params) or layout.param_count(model_cfgs[i]) > layout.param_count(model_cfgs[i + 1]):
+            out.append(None)  # the last member drafts for nobody; a larger model is no draft
             continue
         out.append(draft_acceptance(params[i], model_cfgs[i], params[i + 1], model_cfgs[i + 1], prompts,
                                     ACCEPTANCE_NEW_TOKENS, gamma))

@@ -1,19 +1,11 @@
-"""One training stage: the train state, the jitted (sharded, donated) train and eval steps, the loop.
-
-`family/pipeline.py` is the only module that knows there are several stages; here a stage is: a model
-config, an initial state, a data iterator, a step count and an LR schedule.
+"""One training stage's state and steps: the train state, the optimizer, the loss (cross-entropy, optionally with a
+frozen teacher's distillation term), the jitted (sharded, donated) train and eval steps. The loop that runs them is
+`loop.py`; `family/` is the only wing that knows there are several stages.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
-import math
-import shutil
-import signal
-import tempfile
-import time
-from pathlib import Path
 from typing import Any, Callable
 
 import flax.struct
@@ -21,14 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxgrow import storage
 from jaxgrow.model import decoder, layout, losses, sharding
-from jaxgrow.train import checkpoint, faults, logs
-from jaxgrow.train.faults import Preempted, SignalFlag
-
-
-log = logging.getLogger("jaxgrow")
-
 
 
 @flax.struct.dataclass
@@ -64,25 +49,44 @@ def make_optimizer(opt_cfg: Any, model_cfg: Any) -> optax.GradientTransformation
 
 
 @dataclasses.dataclass(frozen=True)
-class Consistency:
-    """Cross-size consistency: + weight(step) * KL(p_teacher || p_student), weight -> 0 linearly.
+class Distill:
+    """Distillation from a frozen teacher: loss = ce_weight * CE + weight(step) * T^2 * KL(p_teacher^T || p_student^T).
 
-    weight(step) = weight * max(0, 1 - step / active_steps); the teacher runs only while > 0.
+    Forward KL over the full vocabulary at temperature T (both distributions softened by T; the T^2 keeps the
+    gradient's scale independent of T, Hinton et al. 2015). weight(step) is constant (`decay_steps` = 0) or decays
+    linearly to 0 over the first `decay_steps` steps (cross-size consistency, the progressive family's knob); the
+    teacher's forward runs only while the weight is > 0. `active_steps` is how many steps it runs: what the FLOPs
+    accounting charges for the teacher.
     """
 
     teacher_cfg: Any
     weight: float
     active_steps: int
+    temperature: float = 1.0
+    ce_weight: float = 1.0
+    decay_steps: int = 0
 
     def weight_at(self, step: jax.Array) -> jax.Array:
-        frac = step.astype(jnp.float32) / max(self.active_steps, 1)
+        if self.decay_steps <= 0:
+            return jnp.where(step < self.active_steps, jnp.float32(self.weight), jnp.float32(0.0))
+        frac = step.astype(jnp.float32) / self.decay_steps
         return self.weight * jnp.maximum(0.0, 1.0 - frac)
+
+    def kl(self, teacher_logits: jax.Array, student_logits: jax.Array) -> jax.Array:
+        t = self.temperature
+        return t * t * losses.kl_divergence(jax.lax.stop_gradient(teacher_logits) / t, student_logits / t)
+
+
+def Consistency(teacher_cfg: Any, weight: float, active_steps: int) -> Distill:  # noqa: N802  (a Distill preset)
+    """Cross-size consistency: KL to the previous member whose weight decays linearly to 0 over active_steps."""
+    return Distill(teacher_cfg, weight, active_steps, decay_steps=max(int(active_steps), 1))
 
 
 def make_train_step(model_cfg: Any, optimizer: optax.GradientTransformation,
                     schedule: Callable, *, grad_accum_steps: int = 1,
-                    consistency: Consistency | None = None, document_eos: int | None = None) -> Callable:
+                    distill: Distill | None = None, document_eos: int | None = None) -> Callable:
     """(state, batch[B, T+1], teacher_params | None) -> (state, metrics). Pure; jit it.
+    distill: a frozen teacher's KL term (its params are then the step's third argument).
     document_eos: with an EOS id, packed documents do not attend to each other (data.document_masking)."""
 
     def loss_fn(params, tokens, teacher_params, weight):
@@ -90,20 +94,19 @@ def make_train_step(model_cfg: Any, optimizer: optax.GradientTransformation,
         segments = None if document_eos is None else losses.segment_ids(inputs, document_eos)
         out = decoder.logits(params, model_cfg, inputs, segments)
         ce = losses.cross_entropy(out, targets)
-        if consistency is None:
+        if distill is None:
             return ce, (ce, jnp.float32(0.0))
 
         def with_teacher():
-            teacher = decoder.logits(teacher_params, consistency.teacher_cfg, inputs, segments)
-            return losses.kl_divergence(jax.lax.stop_gradient(teacher), out)
+            return distill.kl(decoder.logits(teacher_params, distill.teacher_cfg, inputs, segments), out)
 
         kl = jax.lax.cond(weight > 0, with_teacher, lambda: jnp.float32(0.0))
-        return ce + weight * kl, (ce, kl)
+        return distill.ce_weight * ce + weight * kl, (ce, kl)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def step_fn(state: TrainState, batch: jax.Array, teacher_params: Any = None):
-        weight = consistency.weight_at(state.step) if consistency else jnp.float32(0.0)
+        weight = distill.weight_at(state.step) if distill else jnp.float32(0.0)
         if grad_accum_steps == 1:
             (loss, (ce, kl)), grads = grad_fn(state.params, batch, teacher_params, weight)
         else:
@@ -127,7 +130,7 @@ def make_train_step(model_cfg: Any, optimizer: optax.GradientTransformation,
         new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
                                opt_state=keep(new_opt, state.opt_state),
                                nonfinite=state.nonfinite + (~finite).astype(jnp.int32))
-        metrics = {"loss": ce, "total_loss": loss, "consistency_kl": kl, "consistency_weight": weight,
+        metrics = {"loss": ce, "total_loss": loss, "distill_kl": kl, "distill_weight": weight,
                    "grad_norm": grad_norm, "lr": lr, "finite": finite, "nonfinite_steps": new_state.nonfinite}
         return new_state, metrics
 
@@ -208,156 +211,21 @@ class CompiledStage:
 
 
 def compile_stage(model_cfg: Any, opt_cfg: Any, schedule: Callable, mesh: jax.sharding.Mesh, *,
-                  consistency: Consistency | None = None, document_eos: int | None = None) -> CompiledStage:
+                  distill: Distill | None = None, document_eos: int | None = None) -> CompiledStage:
     """The optimizer, abstract sharded state and jitted train/eval steps of one stage.
 
-    opt_cfg: config.optimizer (its grad_accum_steps sets the micro-batches). consistency: the
-    frozen teacher's KL term; the teacher's params are then the train step's third argument,
-    sharded like its own layout. document_eos: with an EOS id, packed documents do not attend to
+    opt_cfg: config.optimizer (its grad_accum_steps sets the micro-batches). distill: the frozen
+    teacher's KL term; the teacher's params are then the train step's third argument, sharded like
+    its own layout on the same mesh (the teacher's forward is sharded like the student's). document_eos: with an EOS id, packed documents do not attend to
     each other (data.document_masking).
     """
     optimizer = make_optimizer(opt_cfg, model_cfg)
     abstract = abstract_state(model_cfg, optimizer, mesh)
     shardings = jax.tree.map(lambda x: x.sharding, abstract)
     step_fn = make_train_step(model_cfg, optimizer, schedule, grad_accum_steps=opt_cfg.grad_accum_steps,
-                              consistency=consistency, document_eos=document_eos)
-    teacher_shardings = sharding.param_shardings(consistency.teacher_cfg, mesh) if consistency else None
+                              distill=distill, document_eos=document_eos)
+    teacher_shardings = sharding.param_shardings(distill.teacher_cfg, mesh) if distill else None
     return CompiledStage(model_cfg=model_cfg, optimizer=optimizer, abstract=abstract, shardings=shardings, mesh=mesh,
                          train_step=jit_train_step(step_fn, shardings, mesh, teacher_shardings),
                          eval_step=jax.jit(losses.make_eval_step(model_cfg, document_eos)), teacher_shardings=teacher_shardings,
-                         teacher_cfg=consistency.teacher_cfg if consistency else None)
-
-
-# ----------------------------------------------------------------------------------------------
-# The loop
-
-
-@dataclasses.dataclass
-class StageSpec:
-    """Everything the loop needs to know about one stage."""
-
-    index: int
-    name: str
-    model_cfg: Any
-    steps: int                   # total steps of the stage
-    tokens_per_step: int
-    train_flops_per_step: float  # analytic (flops.py), student only
-    teacher_flops_per_step: float  # forward of the consistency teacher while it is active
-    teacher_active_steps: int
-    flops_offset: float          # family FLOPs spent before this stage
-    meta: checkpoint.Meta        # written into every checkpoint (stage info; data state added at save)
-    step_offset: int = 0         # steps of the stages before this one (family-wide step for TensorBoard)
-
-    def flops_at(self, step: int) -> float:
-        """Cumulative family FLOPs after `step` steps of this stage."""
-        return (self.flops_offset + step * self.train_flops_per_step
-                + min(step, self.teacher_active_steps) * self.teacher_flops_per_step)
-
-
-def run_stage(spec: StageSpec, state: TrainState, train_step: Callable, eval_step: Callable,
-              data_iter: Any, eval_batches: list, ckpts: checkpoint.Checkpoints, metrics_log: logs.MetricsLog,
-              run_cfg: Any, workdir: Path, signals: SignalFlag, teacher_params: Any = None,
-              goodput: Any = None, after_eval: Callable[[int, Any, dict], bool] | None = None) -> TrainState:
-    """Trains `state` from its step to spec.steps, checkpointing, logging and evaluating.
-
-    Host syncs happen only at log, eval and checkpoint intervals. Raises Preempted after saving when
-    SIGTERM/SIGINT arrived, NonFiniteLoss (without saving) when more than
-    run_cfg.skip_nonfinite_steps steps were non-finite.
-    """
-    from tqdm import tqdm  # noqa: PLC0415
-
-    from jaxgrow.train.goodput import Goodput  # noqa: PLC0415
-
-    gp = goodput if goodput is not None else Goodput()
-    start = int(jax.device_get(state.step))
-    log_every, eval_every = run_cfg.log.every_steps, run_cfg.log.eval_every_steps
-    ckpt_every = run_cfg.checkpoint.every_steps
-    profile = tuple(int(x) for x in run_cfg.profile_steps.split(":")) if run_cfg.profile_steps else None
-    extra = (teacher_params,) if teacher_params is not None else ()
-    bar = tqdm(total=spec.steps, initial=start, desc=f"stage {spec.index} {spec.name}", unit="step",
-               disable=not (run_cfg.log.progress and jax.process_index() == 0), dynamic_ncols=True)
-    t_last, step_last = time.perf_counter(), start
-    base = {"stage": spec.index, "member": spec.name, "step_offset": spec.step_offset}
-    multi_host = jax.process_count() > 1
-
-    def save(step: int):
-        ckpts.save(step, state.params, state.opt_state,
-                   spec.meta.replace(data_state=data_iter.state(), nonfinite=int(jax.device_get(state.nonfinite))))
-        faults.point("checkpoint_saving")
-
-    def check_finite(step: int):
-        bad = int(jax.device_get(state.nonfinite))
-        if bad > run_cfg.skip_nonfinite_steps:
-            raise NonFiniteLoss(f"non-finite loss or gradients at or before step {step} of stage {spec.index} "
-                                f"({spec.name}): {bad} bad step(s) > skip_nonfinite_steps={run_cfg.skip_nonfinite_steps}; "
-                                f"the last good checkpoint is kept in {ckpts.directory}")
-
-    for step in range(start, spec.steps):
-        t_iter, measured = time.perf_counter(), sum(gp.seconds.values())
-        if profile and step == profile[0]:
-            profile_dir = storage.join(workdir, "profile", f"{spec.index}-{spec.name}")
-            # the profiler writes local files: a remote workdir gets the trace uploaded when it stops
-            trace_dir = tempfile.mkdtemp(prefix="jaxgrow-profile-") if storage.is_remote(workdir) else str(profile_dir)
-            jax.profiler.start_trace(trace_dir)
-        with gp.measure("data"):
-            batch = next(data_iter)
-        if step == start:  # the first call traces and compiles
-            with gp.measure("compile"):
-                state, metrics = jax.block_until_ready(train_step(state, batch, *extra))
-        else:
-            state, metrics = train_step(state, batch, *extra)
-        faults.point("train_step")
-        done = step + 1
-        if profile and done == profile[1]:
-            jax.block_until_ready(state)
-            jax.profiler.stop_trace()
-            if trace_dir != str(profile_dir):
-                storage.upload_tree(trace_dir, profile_dir)
-                shutil.rmtree(trace_dir, ignore_errors=True)
-        bar.update(1)
-
-        if done % log_every == 0 or done == spec.steps:
-            m = jax.device_get(metrics)
-            check_finite(done)
-            now = time.perf_counter()
-            tps = (done - step_last) * spec.tokens_per_step / max(now - t_last, 1e-9)
-            t_last, step_last = now, done
-            record = dict(base, step=done, loss=float(m["loss"]), lr=float(m["lr"]), grad_norm=float(m["grad_norm"]),
-                          tokens_per_sec=tps, train_flops=spec.flops_at(done))
-            if teacher_params is not None:
-                record.update(consistency_kl=float(m["consistency_kl"]), consistency_weight=float(m["consistency_weight"]))
-            record.update(getattr(data_iter, "log_fields", dict)())  # tokens per mixture source
-            if int(m["nonfinite_steps"]):
-                record["nonfinite_steps"] = int(m["nonfinite_steps"])
-            metrics_log.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
-
-        if done % eval_every == 0 or done == spec.steps:
-            jax.block_until_ready(state)  # the steps' time is train time, not eval time
-            with gp.measure("eval"):
-                loss = losses.evaluate_loss(eval_step, state.params, eval_batches)
-            metrics_log.write(dict(base, step=done, eval_loss=loss, eval_ppl=math.exp(min(loss, 50.0)),
-                                   train_flops=spec.flops_at(done)))
-            t_last = time.perf_counter()  # keep eval time out of tokens_per_sec
-        if after_eval is not None:  # e.g. the in-loop benchmark suite (family passes benchmarks.in_loop)
-            with gp.measure("eval"):
-                ran = after_eval(done, state.params, dict(base, train_flops=spec.flops_at(done)))
-            if ran:
-                t_last = time.perf_counter()
-
-        stop = signals.signum is not None or (multi_host and ckpts.reached_preemption(done))
-        if done % ckpt_every == 0 or done == spec.steps or stop:
-            check_finite(done)
-            jax.block_until_ready(state)
-            with gp.measure("checkpoint"):
-                save(done)
-            t_last = time.perf_counter()
-        gp.add("train", time.perf_counter() - t_iter - (sum(gp.seconds.values()) - measured))
-        if stop:
-            ckpts.wait()
-            bar.close()
-            raise Preempted(signals.signum or signal.SIGTERM)
-    bar.close()
-    with gp.measure("checkpoint"):
-        ckpts.wait()
-    return state
+                         teacher_cfg=distill.teacher_cfg if distill else None)

@@ -57,7 +57,7 @@ def encode_requests(tokenizer, requests: list[tuple[str, str]]) -> list[tuple[li
 _BUCKETS = (32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 
 
-def _bucket(n: int) -> int:
+def length_bucket(n: int) -> int:
     for b in _BUCKETS:
         if n <= b:
             return b
@@ -65,17 +65,17 @@ def _bucket(n: int) -> int:
 
 
 @dataclasses.dataclass
-class _Row:
+class Row:
     inputs: tuple[int, ...]
     requests: list[tuple[int, list[int], int]]  # (request index, targets (len(inputs)), continuation length)
 
 
-def _rows(encoded: list[tuple[list[int], list[int]]], max_length: int) -> list[_Row]:
+def request_rows(encoded: list[tuple[list[int], list[int]]], max_length: int) -> list[Row]:
     """Requests with identical inputs share a row (e.g. MMLU's A/B/C/D after one context)."""
-    rows: dict[tuple[int, ...], _Row] = {}
+    rows: dict[tuple[int, ...], Row] = {}
     for r, (ctx, cont) in enumerate(encoded):
         full = (ctx + cont)[-(max_length + 1):]
         inputs = tuple(full[:-1])
-        row = rows.setdefault(inputs, _Row(inputs, []))
+        row = rows.setdefault(inputs, Row(inputs, []))
         row.requests.append((r, full[1:], min(len(cont), len(inputs))))
     return sorted(rows.values(), key=lambda row: -len(row.inputs))

@@ -10,18 +10,9 @@ from jaxgrow import storage
 from jaxgrow.eval.benchmarks import tasks as bench_tasks
 
 
-# ----------------------------------------------------------------------------------------------
-# The `evaluate --suite` command and in-loop evaluation
-
-
-def _atomic_write(path, text: str) -> None:
-    storage.join(path).parent.mkdir(parents=True, exist_ok=True)
-    storage.atomic_write_text(path, text)
-
-
 def merge_eval_json(workdir: Path, update: dict) -> dict:
     """W/eval.json with `update` ({member: {key: value}}) merged in per member and per suite, so
-    results of other suites, tasks and members are kept."""
+    results of other suites, tasks and members are kept (report.update_eval_json writes it)."""
     path = storage.join(workdir, "eval.json")
     current = json.loads(path.read_text()) if path.exists() else {}
     members = current.setdefault("members", {})
@@ -42,7 +33,7 @@ CONVENTION = ("lm-evaluation-harness loglikelihood scoring; acc = argmax summed 
               "(see jaxgrow/eval/benchmarks/tasks.py)")
 
 
-def _cell(metrics: dict | None, metric: str) -> str:
+def cell(metrics: dict | None, metric: str) -> str:
     if not metrics or metrics.get(metric) is None:
         return "—"
     se = metrics.get(f"{metric}_stderr")
@@ -63,7 +54,7 @@ def markdown_table(eval_json: dict) -> str:
                   "|---|" + "---:|" * len(cols)]
         for name, e in members.items():
             if suite_name in e:
-                lines.append(f"| {name} | " + " | ".join(_cell(e[suite_name].get(t), m) for t, m in cols) + " |")
+                lines.append(f"| {name} | " + " | ".join(cell(e[suite_name].get(t), m) for t, m in cols) + " |")
         limits = {v.get("limit") for e in members.values() for v in e.get(suite_name, {}).values()}
         shots = {v.get("shots") for e in members.values() for v in e.get(suite_name, {}).values()}
         lines += ["", f"Standard errors after ±. Items per task limited to {sorted(limits, key=str)}; shots "

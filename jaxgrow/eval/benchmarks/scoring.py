@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import math
-from pathlib import Path
 from typing import Any, Iterable
 
 import jax
@@ -18,8 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from jaxgrow import config as config_lib, storage
-from jaxgrow.data import tokenizers as tokenizers_lib
+from jaxgrow import config as config_lib
 from jaxgrow.eval.benchmarks import requests as bench_requests, tasks as bench_tasks
 from jaxgrow.model import decoder, sharding
 
@@ -60,7 +58,7 @@ def score_requests(params: Any, model_cfg: Any, tokenizer, requests: list[tuple[
     """(log-likelihood [n], greedy [n]) of each (context, continuation) request."""
 
 
-    rows = bench_requests._rows(bench_requests.encode_requests(tokenizer, requests), max_length)
+    rows = bench_requests.request_rows(bench_requests.encode_requests(tokenizer, requests), max_length)
     fn = _score_fn(config_lib.frozen(model_cfg), mesh)
     lls = np.zeros(len(requests), np.float64)
     greedy = np.zeros(len(requests), bool)
@@ -73,8 +71,8 @@ def score_requests(params: Any, model_cfg: Any, tokenizer, requests: list[tuple[
     i = 0
     with jax.set_mesh(mesh):
         while i < len(rows):
-            length = bench_requests._bucket(len(rows[i].inputs))
-            remaining = next((j for j in range(i, len(rows)) if bench_requests._bucket(len(rows[j].inputs)) != length), len(rows)) - i
+            length = bench_requests.length_bucket(len(rows[i].inputs))
+            remaining = next((j for j in range(i, len(rows)) if bench_requests.length_bucket(len(rows[j].inputs)) != length), len(rows)) - i
             n_rows = _batch_rows(model_cfg, mesh, batch_tokens, length, remaining)
             batch = rows[i:i + n_rows]
             i += len(batch)
@@ -195,27 +193,15 @@ def _cached_items(suite: str, shots: int, limit: int | None) -> dict:
     return {t: bench_tasks.load_items(t, shots, limit) for tasks in bench_tasks.parse_suites(suite).values() for t in tasks}
 
 
-@functools.lru_cache(maxsize=2)
-def _cached_tokenizer(path: str, vocab_size: int):
-    return tokenizers_lib.load_tokenizer(path, vocab_size).tokenizer
-
-
-def in_loop(run_cfg: Any, model_cfg: Any, params: Any, workdir: Path, step: int, last_step: int, record: dict,
-            metrics_log) -> bool:
-    """Training hook: every config.eval.every_steps steps (and at the end of each stage) scores the
-    first config.eval.limit items of each task of config.eval.suite and logs `bench/<task>/<metric>`
-    to metrics.jsonl and TensorBoard. Returns whether it ran."""
-
-    ev = run_cfg.get("eval")
-    if ev is None or not ev.suite or not (step == last_step or (ev.every_steps and step % ev.every_steps == 0)):
-        return False
-    tok = _cached_tokenizer(str(run_cfg.data.tokenizer or storage.join(workdir, "tokenizer.json")), model_cfg.vocab_size)
+def in_loop(ev: Any, model_cfg: Any, params: Any, tokenizer, record: dict, metrics_log) -> None:
+    """A training hook's work (family/pipeline.py schedules it every config.eval.every_steps steps and at the end of
+    each stage): scores the first config.eval.limit items of each task of config.eval.suite with the run's tokenizer
+    and logs `bench/<task>/<metric>` to metrics.jsonl and TensorBoard."""
     mesh = jax.tree.leaves(params)[0].sharding.mesh
-    out = dict(record, step=step, bench_suite=ev.suite, bench_limit=ev.limit)
+    out = dict(record, bench_suite=ev.suite, bench_limit=ev.limit)
     for t, items in _cached_items(ev.suite, ev.shots, ev.limit).items():
-        metrics, _ = score_task(params, model_cfg, tok, t, items, mesh, ev.shots, progress=False)
+        metrics, _ = score_task(params, model_cfg, tokenizer, t, items, mesh, ev.shots, progress=False)
         for m in bench_tasks.TASKS[t].metrics:
             out[f"bench/{t}/{m}"] = metrics[m]
             out[f"bench/{t}/{m}_stderr"] = metrics[f"{m}_stderr"]
     metrics_log.write(out)
-    return True

@@ -8,11 +8,7 @@ import sys
 import traceback
 from typing import Any, Callable
 
-from jaxgrow.config import InputError
-
-
-class UsageError(ValueError):
-    """A malformed command line."""
+from jaxgrow.config import InputError, UsageError  # noqa: F401  (UsageError: re-exported for the CLI)
 
 
 def fail(message: str, code: int = 2) -> int:
@@ -74,7 +70,7 @@ def boundary(fn: Callable[[], int | None], verbosity: Callable[[], int] = lambda
         return fn() or 0
     except KeyboardInterrupt:
         return fail("interrupted", code=130)
-    except (UsageError, InputError) as e:
+    except InputError as e:  # bad input, a malformed command line included (UsageError)
         return fail(_first_line(e))
     except Exception as e:  # noqa: BLE001  (classified: an environment fault is one line; anything else is a bug)
         cause = environment_cause(e)
