@@ -44,6 +44,11 @@ class InputError(ValueError):
     """Bad user input (config, data, workdir, mesh, CLI): exit code 2 with this one-line message."""
 
 
+class TryLater(Exception):
+    """Nothing is wrong with the input, but the run cannot start now (another live job holds its workdir): exit code
+    75 (EX_TEMPFAIL) with this one-line message, so a scheduler retries the job later. Not an InputError (exit 2)."""
+
+
 class UsageError(InputError):
     """A malformed command line (the CLI's flags)."""
 

@@ -1,4 +1,13 @@
-"""Test setup: 8 forced host CPU devices (set before jax is imported) and shared fixtures."""
+"""Test setup: 8 forced host CPU devices (set before jax is imported) and shared fixtures.
+
+The CI budget (issue #28): `.ci/run` runs both suites on a 2-core CPU machine in at most 40 minutes, and prints the
+slowest tests of each (`--durations`), so every CI log says where the time goes. To keep room for the next tests:
+a new slow test costs at most 60 s on 2 cores, or reuses a shared fixture (`tiny_family`: a finished run to read,
+copy with shutil.copytree or continue; `bpe`; the emulators) instead of training its own family; it uses the smallest
+budget that exercises its property (a kill test needs a checkpoint and a step after it, not a whole stage) and the
+fewest processes and devices that show it. Tests run in parallel (pytest-xdist) and must not share ports, temp dirs
+or output paths (free ports from the OS, tmp_path for everything).
+"""
 
 import contextlib
 import os

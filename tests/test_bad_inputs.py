@@ -152,6 +152,41 @@ def world(tmp_path_factory, tiny_family, bpe):
         bad[key] = change(bad[key])
         save_file(bad, str(out / "model.safetensors"), metadata={"format": "pt"})
     (d / "hf_noconfig").mkdir()
+    # issue 31 and 29: another tokenizer of the family's size (C), data tokenized with it, runs whose tokenizer or
+    # records were replaced or damaged after training, configs of the wrong types
+    from jaxgrow.data import tokenizers as tokenizers_lib  # noqa: PLC0415
+
+    other = tokenizers_lib.describe(tokenizers_lib.train_bpe(make_docs(300, seed=21), 2048))
+    tok_c = d / "tok_other"
+    shards.tokenize_files([epath.Path(files[".jsonl"])], epath.Path(tok_c), other, progress=False)
+    w["tok_other"] = str(tok_c)
+    (d / "other_tokenizer.json").write_text(other.tokenizer.to_str())
+    for name in ("fam_swaptok", "fam_emptycfg", "fam_otherdata"):
+        shutil.copytree(tiny_family, d / name, ignore=shutil.ignore_patterns("lock.json"))
+    (d / "fam_swaptok" / "tokenizer.json").write_text(other.tokenizer.to_str())  # replaced between runs
+    (d / "fam_emptycfg" / "config.json").write_text("")
+    header = ("import ml_collections\nfrom jaxgrow.config import add_member, base_config, model_config\n\n"
+              "def get_config():\n    c = base_config()\n    c.model = model_config(vocab_size=512, head_dim=16)\n"
+              "    add_member(c, 'small', hidden_size=32, num_layers=2)\n")
+    for name, overrides in (("type_str", "hidden_size='64'"), ("type_float", "hidden_size=64.0"),
+                            ("type_list", "num_layers=[2]")):
+        w[name] = config_file(d, name, header + f"    add_member(c, 'big', {overrides})\n    return c\n")
+    w["type_budget_list"] = config_file(d, "type_budget_list", header + "    c.budget = ml_collections.ConfigDict("
+                                        "dict(c.budget.to_dict(), largest_tokens=[400000]))\n    return c\n")
+    w["returns_list"] = config_file(d, "returns_list", "def get_config():\n    return [1, 2]\n")
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    pq.write_table(pa.table({"text": list(range(50))}), d / "ints.parquet")
+    pq.write_table(pa.table({"text": ["a b", None, "c"]}), d / "nulls.parquet")
+    (d / "ints.jsonl").write_text('{"text": "fine"}\n{"text": 7}\n')
+    t = d / "tok_ids"  # right-sized shard holding an id >= model.vocab_size
+    shutil.copytree(good, t)
+    shard = t / "shards" / json.loads((t / "manifest.json").read_text())["shards"][1]["name"]
+    ids = np.fromfile(shard, "<u2")
+    ids[7] = 600
+    ids.tofile(shard)
+    w["tok_ids"] = str(t)
     return w
 
 
@@ -332,7 +367,96 @@ def rows(w: dict) -> list[tuple[str, tuple, str, list]]:
         "give --tokenizer PATH", Path(out))
     row("tokenize_unknown_scheme", ("tokenize", "--inputs", w["jsonl"], "--out", "foo://b/t", "--vocab_size", "300"),
         "unknown URL scheme")
+    row("tokenize_out_locked", ("tokenize", "--inputs", w["jsonl"], "--out", str(d / "wd_locked"), "--vocab_size",
+                                "300"), "is in use by pid 1", d / "wd_locked")
+    row("tokenize_out_holds_its_input", ("tokenize", "--inputs", w["jsonl"], "--out", str(Path(w["jsonl"]).parent),
+                                         "--vocab_size", "300"), "is, is inside or contains the input",
+        Path(w["jsonl"]).parent)
+    row("tokenize_parquet_int_text", ("tokenize", "--inputs", f"{w['jsonl']},{d / 'ints.parquet'}", "--out", out,
+                                      "--vocab_size", "300"),
+        "column 'text' holds int64 values; the text field must be strings", Path(out))
+    row("tokenize_parquet_null_text", ("tokenize", "--inputs", str(d / "nulls.parquet"), "--out", out,
+                                       "--vocab_size", "300"), "column 'text' holds 1 null value(s)", Path(out))
+    row("tokenize_jsonl_int_text", ("tokenize", "--inputs", str(d / "ints.jsonl"), "--out", out, "--tokenizer",
+                                    w["tokenizer"]), "ints.jsonl:2: field 'text' holds a number (7), not a string",
+        Path(out))
+    row("train_files_parquet_int_text", (*F, "--workdir", new, *raw(str(d / "ints.parquet"))),
+        "ints.parquet: column 'text' holds int64 values")
+    row("tokenized_ids_over_vocab", (*F, "--workdir", new, *data[1:], "--config.data.train_files=" + w["tok_ids"]),
+        "holds token id 600 >= model.vocab_size=512")
+    _issue_29_rows(row, w, new, out)
+    _issue_31_rows(row, w, new, out)
     return R
+
+
+def _issue_29_rows(row, w, new, out):
+    """Families both ways: prune and distillation inputs."""
+    d, fam = w["d"], str(w["fam"])
+    F = ("--config", FAMILY, "--config.log.progress=False", "--config.budget_scale=0.15")
+    row("prune_no_from", ("prune", "--config", FAMILY, "--workdir", new), "--from is required")
+    row("prune_from_empty", ("prune", "--config", FAMILY, "--from", str(d), "--workdir", new), "holds no checkpoint")
+    row("prune_grows", ("prune", "--config", TINY, "--from", f"{fam}/members/small", "--workdir", new,
+                        "--config.model.vocab_size=2048", "--config.model.head_dim=32", "--config.model.hidden_size=128"),
+        "hidden_size=128 grows from 64; pruning only shrinks")
+    row("prune_into_its_parent", ("prune", "--config", FAMILY, "--from", f"{fam}/members/large", "--workdir",
+                                  f"{fam}/pruned"), "is, is inside or contains the run of --from", w["fam"])
+    row("prune_family_grows", (*F, "--workdir", new, "--config.transitions=small=scratch; medium=grow(small); "
+                               "large=prune(medium)"), "grows from 96; pruning only shrinks")
+    row("teacher_unknown", (*F, "--workdir", new, "--config.distill.teacher=huge"), "distill.teacher='huge' is not")
+    row("teacher_trained_last", (*F, "--workdir", new, "--config.distill.teacher=large"), "is trained last")
+    row("teacher_later_in_table", (*F, "--workdir", new, "--config.transitions=small=scratch+distil(large); "
+                                   "medium=grow(small); large=grow(medium)"), "teacher 'large' is used before it exists")
+    row("teacher_other_vocab", ("--config", TINY, "--config.log.progress=False", "--workdir", new,
+                                f"--config.distill.teacher={fam}/members/small"), "vocab_size=2048 differs")
+    row("teacher_other_tokenizer", (*F, "--workdir", new, f"--config.distill.teacher={fam}/members/large",
+                                    "--config.data.train_files=" + w["tok_other"],
+                                    "--config.data.eval_files=" + w["tok_other"]), "a teacher must share")
+    row("table_cycle", (*F, "--workdir", new, "--config.transitions=small=grow(medium); medium=grow(small); "
+                        "large=grow(medium)"), "source 'medium' is used before it exists")
+    row("table_missing_member", (*F, "--workdir", new, "--config.transitions=small=scratch; large=grow(small)"),
+        "have no row")
+
+
+def _issue_31_rows(row, w, new, out):
+    """Nothing silently wrong, round three: the run's tokenizer pinned, typed configs, safe outputs, damaged records."""
+    d, fam = w["d"], str(w["fam"])
+    T = ("--config", FAMILY, "--config.budget_scale=0.15", "--config.log.progress=False",
+         "--config.log.eval_every_steps=10")  # the tiny family fixture's own command line
+    row("expand_data_of_another_tokenizer", ("expand", "--config", FAMILY, "--from", f"{fam}/members/small",
+                                             "--workdir", new, "--config.data.train_files=" + w["tok_other"],
+                                             "--config.data.eval_files=" + w["tok_other"]),
+        "not the tokenizer")
+    row("train_data_of_another_tokenizer", (*T, "--workdir", str(d / "fam_otherdata"),
+                                            "--config.allow_config_change=True",
+                                            "--config.data.train_files=" + w["tok_other"],
+                                            "--config.data.eval_files=" + w["tok_other"]),
+        "is not the tokenizer this run trained with", d / "fam_otherdata")
+    row("train_tokenizer_replaced", (*T, "--workdir", str(d / "fam_swaptok")), "is not the tokenizer this run",
+        d / "fam_swaptok")
+    row("sample_tokenizer_replaced", ("sample", "--workdir", str(d / "fam_swaptok"), "--member", "small"),
+        "is not the tokenizer this run", d / "fam_swaptok")
+    row("export_tokenizer_replaced", ("export", "--workdir", str(d / "fam_swaptok"), "--out", out),
+        "is not the tokenizer this run", d / "fam_swaptok", Path(out))
+    row("export_out_is_the_workdir", ("export", "--workdir", fam, "--out", fam), "is, is inside or contains the run's",
+        w["fam"])
+    row("export_out_inside_the_workdir", ("export", "--workdir", fam, "--out", f"{fam}/hf"),
+        "is, is inside or contains the run's", w["fam"])
+    row("train_config_json_empty", (*T, "--workdir", str(d / "fam_emptycfg")), "config.json is damaged",
+        d / "fam_emptycfg")
+    for name in ("type_str", "type_float", "type_list"):
+        row(f"config_{name}", ("--config", w[name], "--workdir", new), "members.big.")
+        row(f"plan_config_{name}", ("plan", "--config", w[name]), "members.big.")
+    row("config_budget_list", ("--config", w["type_budget_list"], "--workdir", new), "largest_tokens")
+    row("plan_config_returns_list", ("plan", "--config", w["returns_list"]), "returned a list")
+    row("evaluate_tasks_limit_zero", ("evaluate", "--workdir", fam, "--tasks",
+                                      str(REPO / "tasks" / "shakespeare_continuation.jsonl"), "--limit", "0"),
+        "limit=0 must be > 0", w["fam"])
+    row("evaluate_tasks_limit_negative", ("evaluate", "--workdir", fam, "--tasks",
+                                          str(REPO / "tasks" / "shakespeare_continuation.jsonl"), "--limit", "-1"),
+        "limit=-1 must be > 0", w["fam"])
+    row("evaluate_tasks_member_unknown", ("evaluate", "--workdir", fam, "--tasks",
+                                          str(REPO / "tasks" / "shakespeare_continuation.jsonl"), "--member", "nope"),
+        "is not a member", w["fam"])
 
 
 def _check(result, name, words, before, after, cwd_before, cwd_after):

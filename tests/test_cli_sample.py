@@ -65,3 +65,37 @@ def test_workdir_commands_refuse_bad_members(tmp_path):
         sample_cmd.sample_workdir(work, "only", "hi", 4, 0.0, -1, 0)
     with pytest.raises(config_lib.InputError, match="holds no finished member"):  # the same selection as sample
         commands.export_workdir(work, tmp_path / "out", None)
+
+
+@pytest.mark.slow
+def test_sample_on_a_sentencepiece_run_starts_an_empty_prompt_at_and_stops_at_its_eos(tmp_path, monkeypatch):
+    """Issue 32's bug: `sample` hard-coded <|endoftext|>; on a run trained with a SentencePiece `.model` tokenizer
+    (Mistral-7B's, whose end of text is </s>) `--prompt ''` failed and a continuation decoded past </s>."""
+    from conftest import run_cli  # noqa: PLC0415
+
+    mc = pytest.importorskip("mistral_common")
+    from pathlib import Path  # noqa: PLC0415
+
+    model_file = Path(mc.__file__).parent / "data" / "tokenizer.model.v1"
+    w = tmp_path / "sp"
+    run_cli("--config", "configs/tiny.py", "--workdir", str(w), f"--config.data.tokenizer={model_file}",
+            "--config.model.vocab_size=32000", "--config.model.hidden_size=32", "--config.model.ffn_size=64",
+            "--config.model.num_layers=1", "--config.model.num_heads=2", "--config.model.num_kv_heads=1",
+            "--config.model.head_dim=16", "--config.data.seq_len=32", "--config.data.batch_size=4",
+            "--config.data.eval_batches=1", "--config.budget_scale=0.001", "--config.log.progress=False", check=True)
+    proc = run_cli("sample", "--workdir", str(w), "--prompt", "", "--max_new_tokens", "3", check=True)
+    assert "=== model ===" in proc.stdout
+    # the decode loop is told the run's EOS (</s>), starts from it, and the continuation stops before it
+    info = sample_cmd.evaluation.run_tokenizer(w, workdir_lib.read_run_config(w))
+    eos = info.tokenizer.token_to_id("</s>")
+    assert info.eos_id == eos and info.eos_token == "</s>"
+    seen = {}
+
+    def fake_generate(params, model_cfg, prompt_ids, max_new_tokens, temperature, top_k, seed, eos_id, top_p):
+        seen.update(prompt=list(prompt_ids), eos=eos_id)
+        return info.tokenizer.encode("Hello world", add_special_tokens=False).ids + [eos_id]
+
+    monkeypatch.setattr(sample_cmd.decode, "generate", fake_generate)
+    text = sample_cmd.sample_workdir(w, None, "", 8, 0.0, 0, 0)["model"]
+    assert seen == {"prompt": [eos], "eos": eos}
+    assert text.strip() == "Hello world" and "</s>" not in text

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 from etils import epath
 
 from conftest import REPO, run_cli
@@ -165,3 +166,78 @@ def test_bad_inputs_exit_2_one_line_nothing_written(tmp_path, bpe, mistral_token
     written = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("out", "w")))
     assert written == [], written
     assert not (REPO / "foo:").exists()
+
+
+def test_out_of_range_token_ids_are_refused_naming_the_shard(tmp_path, bpe, monkeypatch):
+    """A shard of the right size holding ids >= model.vocab_size failed as a non-finite loss at step 1, naming no file
+    (issue #31, case 10): a run now refuses it when it opens the directory, naming the shard, the id and the vocab."""
+    import shutil
+
+    from jaxgrow import config as config_lib
+    from jaxgrow.data import corpus
+    from jaxgrow.data.formats import DataError
+
+    files = write_formats(tmp_path / "in", make_docs(150))
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    m = shards.tokenize_files([epath.Path(files[".jsonl"])], epath.Path(good), bpe, shard_tokens=300, progress=False)
+    assert len(m["shards"]) > 4
+    shutil.copytree(good, bad)
+
+    def plant(name: str, index: int, value: int = 600) -> None:
+        ids = np.fromfile(bad / "shards" / name, "<u2")
+        ids[index] = value
+        ids.tofile(bad / "shards" / name)
+
+    plant("00000-0002.bin", 150)
+    shards.check_shard_sizes(good, m, "data.train_files", 512)
+    shards.check_shard_sizes(bad, m, "data.train_files", 601)  # below a larger (padded) vocab: fine
+    message = f"data.train_files: {bad / 'shards' / '00000-0002.bin'} holds token id 600 >= model.vocab_size=512; it " \
+              "was tokenized with another tokenizer"
+    with pytest.raises(DataError) as e:
+        shards.check_shard_sizes(bad, m, "data.train_files", 512)
+    assert str(e.value).startswith(message)
+    # a run opening it: refused when its data is prepared, before anything is written
+    cfg = config_lib.base_config()
+    cfg.data.train_files, cfg.data.eval_files = str(bad), str(good)
+    with pytest.raises(DataError) as e:
+        corpus.prepare(cfg.data, 512, None)
+    assert str(e.value).startswith(message)
+    corpus.prepare(cfg.data, 601, None)
+    # beyond ID_SCAN_TOKENS a deterministic sample of every shard is read: evenly spaced blocks from its first token
+    # to its last (an id planted between blocks is missed, by design)
+    monkeypatch.setattr(shards, "ID_SCAN_TOKENS", 8 * len(m["shards"]))
+    monkeypatch.setattr(shards, "ID_SAMPLE_TOKENS", 4)
+    shutil.rmtree(bad)
+    shutil.copytree(good, bad)
+    plant("00000-0001.bin", 120)  # not sampled: blocks [0, 4) and [296, 300)
+    assert shards._id_ranges(300, 8) == [(0, 4), (296, 4)]
+    shards.check_shard_sizes(bad, m, "data.train_files", 512)
+    last = m["shards"][-1]
+    plant(last["name"], last["tokens"] - 1, 513)
+    with pytest.raises(DataError, match=f"{last['name']} holds token id 513 >= model.vocab_size=512"):
+        shards.check_shard_sizes(bad, m, "data.train_files", 512)
+
+
+def test_out_of_range_token_ids_in_a_bucket_are_refused(tmp_path, bpe, s3_emulator, monkeypatch):
+    """The same check on a bucket: ranged reads of exactly the checked bytes (fsspec cat_ranges), in batches."""
+    import s3fs
+
+    from jaxgrow.data.formats import DataError
+
+    files = write_formats(tmp_path / "in", make_docs(150))
+    local = tmp_path / "tok"
+    m = shards.tokenize_files([epath.Path(files[".jsonl"])], epath.Path(local), bpe, shard_tokens=300, progress=False)
+    ids = np.fromfile(local / "shards" / "00000-0003.bin", "<u2")
+    ids[-1] = 777
+    ids.tofile(local / "shards" / "00000-0003.bin")
+    s3fs.S3FileSystem().put(str(local / "shards"), "s3://jaxgrow-test/tok/", recursive=True)
+    remote = epath.Path("s3://jaxgrow-test/tok")
+    monkeypatch.setattr(shards, "_ID_BATCH_BYTES", 1000)  # several cat_ranges calls
+    shards.check_shard_sizes(remote, m, "data.train_files", 778)
+    with pytest.raises(DataError, match=r"^data.train_files: s3://jaxgrow-test/tok/shards/00000-0003.bin holds token "
+                                        r"id 777 >= model.vocab_size=512"):
+        shards.check_shard_sizes(remote, m, "data.train_files", 512)
+    monkeypatch.setattr(shards, "ID_SCAN_TOKENS", 8 * len(m["shards"]))  # sampled: the last block holds it
+    monkeypatch.setattr(shards, "ID_SAMPLE_TOKENS", 4)
+    with pytest.raises(DataError, match="00000-0003.bin holds token id 777"):
+        shards.check_shard_sizes(remote, m, "data.train_files", 512)

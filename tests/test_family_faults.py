@@ -356,3 +356,60 @@ def test_az_hint_names_an_extra_that_exists():
             continue
         extra = {"gs": "gcs", "s3": "s3", "az": "az"}[scheme]
         assert extra in extras and package in (REPO / extras[extra]["file"][0]).read_text()
+
+
+# ------------------------------------------------------------------------------------------------ issue 31: records
+
+
+def test_damaged_budgets_and_report_are_rebuilt_by_the_rerun(tiny_family, tmp_path):
+    """Case 5: an empty budgets.json and a truncated report.json on a finished run (a kill or a full disk mid-write)
+    are rebuilt by the rerun of train, not a JSON traceback: the budgets from the config, checked against the member
+    checkpoints (the damaged file kept aside), the report from the members and metrics."""
+    w = tmp_path / "run"
+    shutil.copytree(tiny_family, w)
+    (w / "budgets.json").write_text("")
+    report = (w / "report.json").read_text()
+    (w / "report.json").write_text(report[: len(report) // 2])
+    proc = run_cli(*TINY_FAMILY_ARGS, "--workdir", str(w))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "budgets.json was damaged; rebuilt" in proc.stderr and "report.json is damaged" in proc.stderr
+    assert json.loads((w / "budgets.json").read_text()) == json.loads((tiny_family / "budgets.json").read_text())
+    assert (w / "budgets.json.damaged").read_text() == ""
+    got, want = (json.loads((d / "report.json").read_text())["members"] for d in (w, tiny_family))
+    assert [m["eval_loss"] for m in got] == [m["eval_loss"] for m in want]
+
+
+def test_sample_and_export_rebuild_a_member_whose_meta_was_deleted(tiny_family, tmp_path):
+    """Case 9: `export --all` no longer skips a member whose meta was deleted as "not finished", and `sample` no longer
+    fails on it: the member is rebuilt from its stage's final checkpoint, as training rebuilds it."""
+    w = tmp_path / "run"
+    shutil.copytree(tiny_family, w)
+    member = w / "members" / "large"
+    step = next(p.name for p in member.iterdir() if p.name.isdigit())
+    shutil.rmtree(member / step / "meta")
+    proc = run_cli("export", "--workdir", str(w), "--all", "--out", str(tmp_path / "hf"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["large", "medium", "small"]
+    assert "was incomplete; rebuilt" in proc.stderr and (member / "corrupt" / step).is_dir()
+    assert_bitwise_equal(member_arrays(w), member_arrays(tiny_family))
+    out = run_cli("sample", "--workdir", str(w), "--member", "large", "--prompt", "ROMEO:", "--max_new_tokens", "3")
+    assert out.returncode == 0 and "=== large ===" in out.stdout, out.stderr[-2000:]
+
+
+def test_metrics_hold_one_record_per_step_after_a_kill_and_resume(tmp_path):
+    """Case 14: what a killed run logged after its last checkpoint is logged again by the resumed run; the records of
+    the killed run past that checkpoint are dropped at the resume, so metrics.jsonl keeps one record per step."""
+    w = tmp_path / "run"
+    args = ("--config", "configs/tiny.py", "--config.budget_scale=0.05", "--config.log.progress=False",
+            "--config.log.every_steps=1", "--config.checkpoint.every_steps=10", "--workdir", str(w))
+    proc = run_cli(*args, env={"JAXGROW_FAULT": "train_step:15"})
+    assert proc.returncode == KILLED
+    killed = [json.loads(line)["step"] for line in (w / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert max(killed) == 14  # steps 11-14 were logged after the checkpoint at 10
+    run_cli(*args, check=True)
+    records = [json.loads(line) for line in (w / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 29  # every step once, in order
+    evals = [r["step"] for r in records if "eval_loss" in r]
+    assert len(evals) == len(set(evals))

@@ -47,3 +47,11 @@ def test_every_requirement_has_an_exact_pin_in_constraints_that_satisfies_its_ra
             assert req.specifier.contains(pins[key]), f"constraints.txt {key}=={pins[key]} is outside {name}: {line}"
     for command in quick_start_commands():
         assert command.startswith("pip install -c constraints.txt -e ")
+
+
+def test_the_public_api_snippet_runs_as_written():
+    """The README's Public API block, executed exactly as it stands (a fresh namespace, nothing predefined)."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Public API", 1)[1].split("\n## ", 1)[0]
+    (snippet,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    exec(compile(snippet, "README.md: Public API", "exec"), {"__name__": "readme_snippet"})  # noqa: S102

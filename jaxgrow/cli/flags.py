@@ -133,7 +133,8 @@ def help_text(command: str | None) -> str:
         lines += ["", "flags per command:"]
         lines += [f"  {c:<10} " + " ".join(f"--{f}" for f in COMMAND_FLAGS[c]) for c in COMMANDS]
         lines += ["", "`jaxgrow COMMAND --help` describes a command's flags; `jaxgrow --version` prints the version; "
-                  "bad input exits with code 2, a preempted run with 143 (SIGTERM) or 130 (SIGINT)."]
+                  "bad input exits with code 2, a preempted run with 143 (SIGTERM) or 130 (SIGINT), a workdir held on "
+                  "another host with 75 (try again later)."]
         return "\n".join(lines) + "\n"
     lines = [usage(command), "", COMMAND_HELP[command], "", "flags:"]
     lines += [flag_line(f, command) for f in COMMAND_FLAGS[command]]

@@ -16,7 +16,8 @@
 
 `jaxgrow`, `python -m jaxgrow` and `python -m jaxgrow.main` are the same command. Each subcommand accepts only the
 flags listed for it in cli/flags.py's COMMAND_FLAGS. Bad input exits with code 2 and one line naming the field or
-file; nothing is written then. A preempted run exits 143 (SIGTERM) or 130 (SIGINT) after its checkpoint.
+file; nothing is written then. A preempted run exits 143 (SIGTERM) or 130 (SIGINT) after its checkpoint; a workdir held
+by a live process on another host exits 75 (try again later) after waiting for its lease.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 from absl import flags
 
 from jaxgrow.cli import flags as cli_flags, parsing
-from jaxgrow.config import UsageError
+from jaxgrow.config import InputError, UsageError
 from jaxgrow.family import boundary
 from jaxgrow.family.boundary import fail
 from jaxgrow.train import distributed, logs
@@ -43,7 +44,7 @@ FLAGS = flags.FLAGS
 
 
 def cmd_train(rest: list[str]) -> int:
-    from jaxgrow.family import pipeline as family  # noqa: PLC0415
+    from jaxgrow.family import lock, pipeline as family  # noqa: PLC0415
     from jaxgrow.train import faults, trainer  # noqa: PLC0415
 
     cfg, workdir = parsing.config(), parsing.workdir()
@@ -53,6 +54,7 @@ def cmd_train(rest: list[str]) -> int:
         try:
             setup, result = family.train_and_report(cfg, workdir, signals)
         except faults.Preempted as p:
+            lock.release(workdir)  # now, so a job restarted on other hosts takes the workdir at once
             log.warning("stopped by %s after saving a checkpoint; rerun the same command to continue", p)
             # non-zero, so Kubernetes Jobs, JobSet and SLURM --requeue restart a half-trained family (shell
             # convention: 128 + the signal number)
@@ -192,12 +194,29 @@ def cmd_sample(rest: list[str]) -> int:
 
 
 def cmd_tokenize(rest: list[str]) -> int:
-    from jaxgrow.data import tokenize  # noqa: PLC0415
+    from jaxgrow import storage  # noqa: PLC0415
+    from jaxgrow.data import formats, tokenize  # noqa: PLC0415
+    from jaxgrow.family import lock  # noqa: PLC0415
 
+    out = parsing.path(FLAGS.out, "--out") if FLAGS.out else None
+    if FLAGS.inputs and out is not None:  # an output that holds (or is inside) an input would overwrite what it reads
+        for path in formats.expand_inputs(FLAGS.inputs, "--inputs"):
+            storage.check_apart(out, path, "--out", "the input")
+        lock.check_free(out)  # one writer per --out, as per workdir
+    existed = out is not None and out.exists()
     t0 = time.perf_counter()
-    manifest = tokenize.run_command(FLAGS.inputs or "", FLAGS.out or "", FLAGS.tokenizer, FLAGS.vocab_size,
-                                    FLAGS.text_field, FLAGS.workers, FLAGS.eos_token, FLAGS.bos_token,
-                                    FLAGS.shard_tokens)
+    try:
+        manifest = tokenize.run_command(FLAGS.inputs or "", FLAGS.out or "", FLAGS.tokenizer, FLAGS.vocab_size,
+                                        FLAGS.text_field, FLAGS.workers, FLAGS.eos_token, FLAGS.bos_token,
+                                        FLAGS.shard_tokens, before_write=lambda: lock.acquire(out, "tokenize"))
+    except InputError:
+        if out is not None and not existed:  # refused mid-way: the lock's directory goes too, nothing is left
+            lock.release(out)
+            storage.remove_tree(out)
+        raise
+    finally:
+        if out is not None:
+            lock.release(out)
     dt = time.perf_counter() - t0
     print(f"jaxgrow: tokenized {len(manifest['sources'])} file(s), {manifest['documents']} documents, "
           f"{manifest['total_tokens']} tokens ({manifest['dtype']}, {len(manifest['shards'])} shards) in {dt:.1f}s "
@@ -222,16 +241,29 @@ def _dispatch(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logs.setup()
-    argv = list(sys.argv if argv is None else argv)
-    parsing.ARGV[:] = argv
-    text = parsing.help_request(argv)
-    if text is not None:
-        sys.stdout.write(text)
-        return 0
-    return boundary.boundary(lambda: _dispatch(argv), parsing.verbosity)
+    """The command line. SIGINT and SIGTERM end it at once with one line and 130 / 143 (the train loop's steps: a
+    checkpoint first), whatever it is doing (faults.install; handlers this call installed are put back when it
+    returns); a failed background checkpoint save ends it with one line and 1 (faults.HardExit)."""
+    from jaxgrow.train import faults  # noqa: PLC0415  (no jax import: the handlers are in place within ~0.1 s)
+
+    installed_here = faults.install()
+    try:
+        logs.setup()
+        argv = list(sys.argv if argv is None else argv)
+        parsing.ARGV[:] = argv
+        text = parsing.help_request(argv)
+        if text is not None:
+            sys.stdout.write(text)
+            return 0
+        return boundary.boundary(lambda: faults.hard_exits(lambda: _dispatch(argv)), parsing.verbosity)
+    finally:
+        if installed_here:
+            faults.uninstall()
 
 
 def run() -> None:
     """The `jaxgrow` console script."""
-    sys.exit(main())
+    from jaxgrow.train import faults  # noqa: PLC0415
+
+    faults.install()  # first, and kept until the process ends: main() leaves them in place
+    faults.leave(main())  # without the interpreter's shutdown (see faults.leave); an uncaught bug still unwinds

@@ -174,8 +174,10 @@ def fit_verdict(memory: dict, hbm: int, cfg: Any, mesh_shape: dict[str, int], st
     sharded = state_bytes if train else need - memory.get("generated_code_size_in_bytes", 0)
     with_fsdp = lambda x: need - sharded * (1 - f / x)  # noqa: E731
     new_f = _doublings(f, lambda x: batch % (d * x * accum) == 0 and with_fsdp(x) <= hbm)
-    if new_f:
-        tries.append(f"mesh.fsdp={new_f} (~{_size(with_fsdp(new_f))})")
+    if new_f:  # more fsdp on the same data/tensor axes is more devices: say how many, and how to plan on them
+        devices = math.prod(mesh_shape.values()) // f * new_f
+        tries.append(f"mesh.fsdp={new_f} (~{_size(with_fsdp(new_f))} on {devices} devices: plan it with "
+                     f"--devices {devices} --config.mesh.fsdp={new_f})")
     if train:
         scaling = max(0, temp - 2 * param_bytes)
         with_accum = lambda x: need - scaling * (1 - accum / x)  # noqa: E731
@@ -312,7 +314,7 @@ def print_plan(cfg: Any, compile_steps: bool = True, *, chip: str = "", hbm_gib:
         total += r["stage_flops"]
         print(f"\n[{r['name']}] params {r['params'] / 1e9:.3f}B (non-embedding {r['non_embedding_params'] / 1e9:.3f}B), "
               f"train FLOPs/token {r['train_flops_per_token']:.3g}")
-        print(f"  stage: {r['transition']}")
+        print(f"  transition: {r['transition']}")
         teacher = f", of which the teacher's forwards {r['teacher_flops']:.3g}" if r["teacher_flops"] else ""
         print(f"  stage: {r['tokens']:.3g} tokens in {r['steps']} steps = {r['stage_flops']:.3g} FLOPs{teacher} "
               f"(cumulative {total:.3g})")

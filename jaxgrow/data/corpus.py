@@ -226,7 +226,7 @@ def prepare(data_cfg: Any, vocab_size: int, workdir: Path | epath.Path | None,
                 raise DataError(f"{spec.field}: {spec.tokenized} has no manifest.json; not a finished tokenized "
                                 "directory (rerun tokenize to finish it)")
             shards.check_manifest(spec.tokenized, manifest, info, spec.field)
-            shards.check_shard_sizes(spec.tokenized, manifest, spec.field)
+            shards.check_shard_sizes(spec.tokenized, manifest, spec.field, vocab_size)
             return store_lib.TokenStore([(spec.tokenized, manifest)])
         name = _raw_cache_name(split, spec.files, info, data_cfg.text_field)
         names[spec.field] = name

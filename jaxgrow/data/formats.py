@@ -1,12 +1,13 @@
 """Raw input formats: resolving globs to files, reading documents from them as a stream, fingerprints.
 
 The bottom of the data wing (it imports only storage and config). Inputs are local or any epath URL:
-`.txt` (one document per file, read in ~1 MB line-aligned pieces), `.jsonl`, `.jsonl.gz`, `.jsonl.zst`
-(one JSON object per line, text in the text field), `.parquet` (the text-field column, one row group at
-a time). `iter_documents` yields (text, ends_document) pieces and turns every kind of damage (truncated
-gzip/zstd frames, bad JSON lines, non-UTF-8 bytes, unreadable Parquet) into a one-line DataError naming
-the file. `fingerprint` (path, size, mtime) identifies an input's content cheaply: caches and units of
-work record it."""
+`.txt` (one document per file, streamed), `.jsonl`, `.jsonl.gz`, `.jsonl.zst` (one JSON object per line,
+text in the text field), `.parquet` (the text-field column, one row group at a time). `iter_documents`
+yields (text, ends_document) pieces of at most PIECE_CHARS characters (`split_text`: a longer document
+is cut right before a space, so that tokenizing the pieces gives the whole document's ids) and turns
+every kind of damage (truncated gzip/zstd frames, bad JSON lines, non-UTF-8 bytes, unreadable Parquet,
+a text field that is not a string) into a one-line DataError naming the file. `fingerprint` (path, size,
+mtime) identifies an input's content cheaply: caches and units of work record it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import contextlib
 import gzip
 import io
 import json
+import re
 from typing import Iterator
 
 from etils import epath
@@ -24,7 +26,10 @@ from jaxgrow.config import InputError
 
 
 FORMATS = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
-TXT_PIECE_BYTES = 1 << 20    # .txt files are read in line-aligned pieces of about this size
+# The longest piece of text tokenized at once (characters): a longer document (a .txt file, or a .jsonl/.parquet
+# value) is tokenized in pieces and its ids concatenated, so a worker's memory is bounded whatever the document's
+# size (one 50 MB line peaked at 4.5 GB RSS when tokenized whole; see split_text).
+PIECE_CHARS = 1 << 20
 
 
 class DataError(InputError):
@@ -125,8 +130,68 @@ def _check_encodable(text: str, where: str) -> None:
                         "which is not text; fix or drop that line") from None
 
 
+# Where a long document is cut: right before a space that has non-whitespace on both sides ("word| word"), else
+# right before any such whitespace character, else (no whitespace in the whole piece) at the limit.
+_CUTS = (re.compile(r"(?<=\S) (?=\S)"), re.compile(r"(?<=\S)\s(?=\S)"))
+
+
+def _cut(text: str, limit: int) -> int:
+    """Where to end the first piece of `text` (longer than `limit`): an index in [1, limit], the last cut point of
+    the first kind there is (looked for in the last 64K characters first: one short regex pass in the common case)."""
+    end = min(len(text), limit + 2)  # a cut before index `limit` looks at the character after it
+    for pattern in _CUTS:
+        for lo in dict.fromkeys((max(1, limit - (1 << 16)), 1)):
+            last = None
+            for last in pattern.finditer(text, lo, end):
+                pass
+            if last is not None:
+                return last.start()
+    return limit
+
+
+def split_text(text: str, limit: int = PIECE_CHARS) -> Iterator[str]:
+    """`text` in pieces of at most `limit` characters (the text itself when it is that short), concatenating to it.
+
+    A piece ends right before a space between two non-space characters where there is one: byte-level BPE
+    tokenizers (GPT-2 style, `train_bpe`'s, tiktoken files) pre-tokenize so that no token spans " word"'s space and
+    the character before it, so the pieces' ids, concatenated, are the whole text's ids. Failing that a piece ends
+    before other whitespace (a newline: equal ids with GPT-2's pattern, not always with cl100k/Llama 3's, which join
+    punctuation and the newlines after it), and a piece with no whitespace at all is cut at the limit (the ids can
+    differ around that cut). Tokenizers that add something to every text they encode (SentencePiece's dummy prefix
+    "\u2581") add it at each cut too. Only documents longer than `limit` are cut."""
+    while len(text) > limit:
+        end = _cut(text, limit)
+        yield text[:end]
+        text = text[end:]
+    yield text
+
+
+def _value_kind(value) -> str:
+    """How a JSON value that is not a string is named in an error."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({json.dumps(value)})"
+    if isinstance(value, (int, float)):
+        return f"a number ({json.dumps(value)})"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _pieces(text: str) -> Iterator[tuple[str, bool]]:
+    """One document's (piece, ends_document) pairs."""
+    pieces = split_text(text, PIECE_CHARS)
+    last = next(pieces)
+    for piece in pieces:
+        yield last, False
+        last = piece
+    yield last, True
+
+
 def iter_documents(path: epath.Path, text_field: str, field: str) -> Iterator[tuple[str, bool]]:
-    """(text, ends_document) pieces of one input file, streamed. Raises DataError on bad content."""
+    """(text, ends_document) pieces of one input file, streamed: each piece at most PIECE_CHARS characters
+    (split_text), the last piece of each document with ends_document. Raises DataError on bad content: a text
+    field that is missing, not a string, or null (.jsonl and .parquet alike: nothing is skipped without a word;
+    an empty string is an empty document, skipped)."""
     fmt = input_format(str(path))
     try:
         if fmt == ".parquet":
@@ -135,28 +200,36 @@ def iter_documents(path: epath.Path, text_field: str, field: str) -> Iterator[tu
         with contextlib.ExitStack() as stack:
             f = _text_lines(path, fmt, stack)
             if fmt == ".txt":
-                piece, size = [], 0
-                for line in f:
-                    piece.append(line)
-                    size += len(line)
-                    if size >= TXT_PIECE_BYTES and line.endswith("\n"):
-                        yield "".join(piece), False
-                        piece, size = [], 0
-                yield "".join(piece), True
+                # streamed in reads of PIECE_CHARS characters, so memory is bounded for any file, even one line;
+                # the pieces are split_text's of the whole file
+                buf = ""
+                while True:
+                    chunk = f.read(PIECE_CHARS)
+                    buf += chunk
+                    # a cut looks one character past the limit: with more to read, cut once that one is in
+                    while len(buf) > PIECE_CHARS + 1 or (not chunk and len(buf) > PIECE_CHARS):
+                        end = _cut(buf, PIECE_CHARS)
+                        yield buf[:end], False
+                        buf = buf[end:]
+                    if not chunk:
+                        break
+                yield buf, True
                 return
             for i, line in enumerate(f, 1):
                 if not line.strip():
                     continue
                 try:
                     text = json.loads(line)[text_field]
-                    if not isinstance(text, str):
-                        raise TypeError
                 except (json.JSONDecodeError, KeyError, TypeError):
                     raise DataError(f"{field}: {path}:{i} is not a JSON object with a {text_field!r} string "
                                     "(data.text_field / --text_field)") from None
+                if not isinstance(text, str):
+                    raise DataError(f"{field}: {path}:{i}: field {text_field!r} holds {_value_kind(text)}, not a "
+                                    "string; the text field must be a string in every line (data.text_field / "
+                                    "--text_field): fix or drop that line")
                 if text:
                     _check_encodable(text, f"{field}: {path}:{i}")
-                    yield text, True
+                    yield from _pieces(text)
     except DataError:
         raise
     except (EOFError, gzip.BadGzipFile, OSError, UnicodeDecodeError, ValueError) as e:
@@ -169,7 +242,20 @@ def iter_documents(path: epath.Path, text_field: str, field: str) -> Iterator[tu
         raise
 
 
-def _parquet_file(path: epath.Path, field: str, text_field: str, stack: contextlib.ExitStack):
+def _is_text_type(t) -> bool:
+    import pyarrow as pa  # noqa: PLC0415
+
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    string_view = getattr(pa.types, "is_string_view", lambda _: False)  # pyarrow >= 16
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or string_view(t)
+
+
+def _parquet_file(path: epath.Path, field: str, text_field: str, stack: contextlib.ExitStack, nulls: bool = False):
+    """The open ParquetFile, its text column checked from the footer alone: present, of a string type (an int,
+    float, bool, list, struct or binary column is refused, never skipped) and, with `nulls`, without null values
+    where the row groups' statistics count them (a writer that records no statistics leaves nulls to the reader,
+    which refuses the first one by its row)."""
     import pyarrow.parquet as pq  # noqa: PLC0415
 
     try:
@@ -180,20 +266,46 @@ def _parquet_file(path: epath.Path, field: str, text_field: str, stack: contextl
     if text_field not in names:
         raise DataError(f"{field}: {path} has no {text_field!r} column (columns: {names}); "
                         "set data.text_field / --text_field")
+    kind = pf.schema_arrow.field(text_field).type
+    if not _is_text_type(kind):
+        raise DataError(f"{field}: {path}: column {text_field!r} holds {kind} values; the text field must be strings "
+                        "(data.text_field / --text_field)")
+    if nulls and pf.num_row_groups:
+        meta = pf.metadata
+        leaf = next((k for k in range(meta.num_columns) if meta.row_group(0).column(k).path_in_schema == text_field),
+                    None)
+        counts = [0] * pf.num_row_groups
+        for g in range(pf.num_row_groups) if leaf is not None else ():
+            stats = meta.row_group(g).column(leaf).statistics
+            if stats is not None and stats.has_null_count:
+                counts[g] = stats.null_count
+        if sum(counts):
+            raise DataError(f"{field}: {path}: column {text_field!r} holds {sum(counts)} null value(s) (first in row "
+                            f"group {next(g for g, c in enumerate(counts) if c)}); the text field must be a string in "
+                            "every row, as in .jsonl (data.text_field / --text_field): drop or fill those rows")
     return pf
 
 
 def _parquet_documents(path: epath.Path, text_field: str, field: str) -> Iterator[tuple[str, bool]]:
     with contextlib.ExitStack() as stack:
         pf = _parquet_file(path, field, text_field, stack)
+        row = 0
         for g in range(pf.num_row_groups):
-            for text in pf.read_row_group(g, columns=[text_field]).column(0).to_pylist():
-                if isinstance(text, str) and text:
-                    yield text, True
+            column = pf.read_row_group(g, columns=[text_field]).column(0)
+            for start in range(0, len(column), 1024):  # Python strings for 1024 rows at a time, not a row group's
+                for text in column.slice(start, 1024).to_pylist():
+                    if text is None:
+                        raise DataError(f"{field}: {path}: row {row} (0-based) of column {text_field!r} is null; the "
+                                        "text field must be a string in every row, as in .jsonl (data.text_field / "
+                                        "--text_field): drop or fill it")
+                    if text:
+                        yield from _pieces(text)
+                    row += 1
 
 
 def precheck(paths: list[epath.Path], text_field: str, field: str) -> None:
-    """Cheap checks before anything is written: files non-empty, Parquet schemas hold the column."""
+    """Cheap checks before anything is written: files non-empty, text files start as UTF-8, and Parquet footers
+    (schema and statistics, no data read) hold the text column, of strings, with no null in it."""
     for p in paths:
         if fingerprint(p)["size"] == 0:
             raise DataError(f"{field}: {p} is empty")
@@ -208,7 +320,7 @@ def precheck(paths: list[epath.Path], text_field: str, field: str) -> None:
                 raise DataError(f"{field}: {p} is binary, not UTF-8 text; give text files") from None
         if input_format(str(p)) == ".parquet":
             with contextlib.ExitStack() as stack:
-                _parquet_file(p, field, text_field, stack)
+                _parquet_file(p, field, text_field, stack, nulls=True)
 
 
 def read_documents(files: list, text_field: str, field: str) -> list[str]:

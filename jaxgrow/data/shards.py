@@ -45,7 +45,9 @@ from jaxgrow.data.formats import DataError
 log = logging.getLogger("jaxgrow")
 
 FORMAT = "jaxgrow.tokens/1"
-BATCH_TEXT_BYTES = 4 << 20   # text encoded per encode_batch call
+# text encoded per encode_batch call (characters): with pieces of at most formats.PIECE_CHARS (a longer document is
+# tokenized in pieces), a worker holds at most BATCH_TEXT_BYTES + PIECE_CHARS of text and its encodings (~400 MB RSS)
+BATCH_TEXT_BYTES = 4 << 20
 DEFAULT_SHARD_TOKENS = 1 << 26
 
 
@@ -201,10 +203,11 @@ def read_manifest(directory: str | epath.Path, field: str = "data") -> dict | No
     return manifest
 
 
-def check_shard_sizes(directory: epath.Path, manifest: dict, field: str) -> None:
+def check_shard_sizes(directory: epath.Path, manifest: dict, field: str, vocab_size: int = 0) -> None:
     """Every shard the manifest lists exists with exactly tokens x itemsize bytes (a truncated shard, or a manifest
     whose dtype was edited, would otherwise surface mid-training as a short read or a misleading non-finite loss).
-    One directory listing, not a request per shard."""
+    One directory listing, not a request per shard. With `vocab_size` (model.vocab_size), the shards' token ids are
+    then checked to be below it (check_token_ids)."""
     itemsize = np.dtype(manifest["dtype"]).itemsize
     sizes = storage.file_sizes(storage.join(directory, "shards"))
     for sh in manifest["shards"]:
@@ -214,6 +217,76 @@ def check_shard_sizes(directory: epath.Path, manifest: dict, field: str) -> None
             what = "is missing" if got is None else f"has {got} bytes"
             raise DataError(f"{field}: {storage.join(directory, 'shards', sh['name'])} {what}, the manifest says "
                             f"{sh['tokens']} {manifest['dtype']} tokens = {want} bytes; re-run tokenize")
+    if vocab_size:
+        check_token_ids(directory, manifest, vocab_size, field)
+
+
+# A run checks a tokenized directory's ids against model.vocab_size when it opens it (an id >= the vocab would
+# otherwise surface as a non-finite loss at step 1, naming no file). Up to ID_SCAN_TOKENS tokens in all, every id is
+# read; a larger directory is sampled deterministically: each shard gets an equal share of ID_SCAN_TOKENS (whole if it
+# fits), read as evenly spaced blocks of ID_SAMPLE_TOKENS from its first token to its last, so the check reads about
+# max(ID_SCAN_TOKENS, shards x ID_SAMPLE_TOKENS) tokens (512 MB of uint16) whatever the corpus size, and can miss
+# bad ids only in a large directory's unread parts.
+ID_SCAN_TOKENS = 1 << 28
+ID_SAMPLE_TOKENS = 1 << 16
+_ID_READ_TOKENS = 1 << 21     # tokens per read of a full scan
+_ID_BATCH_BYTES = 64 << 20    # bytes in flight per remote cat_ranges call
+
+
+def _id_ranges(tokens: int, share: int | None) -> list[tuple[int, int]]:
+    """(first token, count) of the parts of one shard to check: all of it, or its evenly spaced sample blocks."""
+    if share is None or tokens <= share:
+        return [(a, min(_ID_READ_TOKENS, tokens - a)) for a in range(0, tokens, _ID_READ_TOKENS)]
+    starts = np.linspace(0, tokens - ID_SAMPLE_TOKENS, max(1, share // ID_SAMPLE_TOKENS)).astype(np.int64)
+    return [(int(a), ID_SAMPLE_TOKENS) for a in dict.fromkeys(starts.tolist())]
+
+
+def check_token_ids(directory: epath.Path, manifest: dict, vocab_size: int, field: str) -> None:
+    """Every shard's largest token id is < vocab_size (all ids up to ID_SCAN_TOKENS, a deterministic sample of a
+    larger directory, see above); DataError naming the first bad shard, its id and the vocab otherwise. Local shards
+    are read with os.pread, a bucket's with fsspec cat_ranges (exactly the checked bytes, concurrently)."""
+    dtype = np.dtype(manifest["dtype"]).newbyteorder("<")
+    if vocab_size > np.iinfo(dtype).max:
+        return  # every id the dtype can hold is in range
+    listed = [sh for sh in manifest["shards"] if sh["tokens"] > 0]
+    total = sum(sh["tokens"] for sh in listed)
+    share = None if total <= ID_SCAN_TOKENS else max(ID_SAMPLE_TOKENS, ID_SCAN_TOKENS // len(listed))
+    item = dtype.itemsize
+    paths = [str(storage.join(directory, "shards", sh["name"])) for sh in listed]
+    plan = [[(a * item, (a + n) * item) for a, n in _id_ranges(sh["tokens"], share)] for sh in listed]
+    tops = [-1] * len(listed)
+
+    def seen(i: int, data: bytes) -> None:
+        if len(data) >= item:
+            tops[i] = max(tops[i], int(np.frombuffer(data, dtype, len(data) // item).max()))
+
+    if storage.is_remote(directory):
+        import fsspec  # noqa: PLC0415
+
+        fs = fsspec.filesystem(storage.scheme(directory))
+        batch, size = [], 0
+        for r in [*((i, a, b) for i, ranges in enumerate(plan) for a, b in ranges), None]:
+            if batch and (r is None or size >= _ID_BATCH_BYTES):
+                got = fs.cat_ranges([paths[i] for i, _, _ in batch], [s for _, s, _ in batch], [e for *_, e in batch],
+                                    on_error="raise")
+                for (i, _, _), data in zip(batch, got):
+                    seen(i, data)
+                batch, size = [], 0
+            if r is not None:
+                batch.append(r)
+                size += r[2] - r[1]
+    else:
+        for i, path in enumerate(paths):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                for start, end in plan[i]:
+                    seen(i, os.pread(fd, end - start, start))
+            finally:
+                os.close(fd)
+    for path, top in zip(paths, tops):
+        if top >= vocab_size:
+            raise DataError(f"{field}: {path} holds token id {top} >= model.vocab_size={vocab_size}; it was tokenized "
+                            "with another tokenizer (or is damaged): re-tokenize the inputs with the run's tokenizer")
 
 
 def is_tokenized_dir(path: str) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any, Callable
 
 from jaxgrow import storage
 from jaxgrow.data import formats, shards, tokenizers as tokenizers_lib
@@ -20,8 +21,10 @@ log = logging.getLogger("jaxgrow")
 
 def run_command(inputs: str, out: str, tokenizer: str = "", vocab_size: int = 0, text_field: str = "text",
                 workers: int = 1, eos_token: str = "", bos_token: str = "",
-                shard_tokens: int = shards.DEFAULT_SHARD_TOKENS, sample_bytes: int = tokenizers_lib.DEFAULT_SAMPLE_BYTES) -> dict:
-    """The `tokenize` subcommand: validates everything cheap first, then writes --out."""
+                shard_tokens: int = shards.DEFAULT_SHARD_TOKENS, sample_bytes: int = tokenizers_lib.DEFAULT_SAMPLE_BYTES,
+                before_write: Callable[[], Any] | None = None) -> dict:
+    """The `tokenize` subcommand: validates everything cheap first, then writes --out. before_write() runs between
+    the two (the CLI takes --out's writer lock there)."""
     if not inputs:
         raise DataError("--inputs is required: comma-separated globs of " + ", ".join(formats.FORMATS) + " files")
     if not out:
@@ -50,6 +53,8 @@ def run_command(inputs: str, out: str, tokenizer: str = "", vocab_size: int = 0,
         raise DataError(f"--tokenizer={tokenizer} has {info.size} tokens, more than --vocab_size={vocab_size}")
     if (out_path / "tokenizer.json").exists() and not (out_path / "manifest.json").exists():
         pass  # an interrupted run: units are checked against their fingerprints
+    if before_write is not None:
+        before_write()
     manifest = shards.tokenize_files(paths, out_path, info, text_field=text_field, workers=workers,
-                              shard_tokens=shard_tokens)
+                                     shard_tokens=shard_tokens)
     return manifest

@@ -194,18 +194,29 @@ def eval_series(metrics: list[dict]) -> dict[str, list[tuple[float, float]]]:
     return series
 
 
+def _readable(path: Any) -> dict | None:
+    """A JSON source of report.md, or None when it is missing or damaged (its section is left out; the writers
+    rebuild report.json and set a damaged eval.json aside)."""
+    if not path.exists():
+        return None
+    try:
+        value = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        log.warning("%s is damaged; its section of report.md is left out", path)
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def render_markdown(workdir: Path) -> None:
     """report.md from report.json and eval.json (whichever exist), each section from its source."""
     from jaxgrow.eval.benchmarks import results as bench_results  # noqa: PLC0415
 
     workdir = storage.join(workdir)
     sections = []
-    if (workdir / "report.json").exists():
-        sections.append(markdown(json.loads((workdir / "report.json").read_text())))
-    else:
-        sections.append("# jaxgrow family report\n")
-    if (workdir / "eval.json").exists():
-        table = bench_results.markdown_table(json.loads((workdir / "eval.json").read_text()))
+    report_json, eval_json = _readable(workdir / "report.json"), _readable(workdir / "eval.json")
+    sections.append(markdown(report_json) if report_json is not None else "# jaxgrow family report\n")
+    if eval_json is not None:
+        table = bench_results.markdown_table(eval_json)
         if table:
             sections.append("## Benchmarks\n\n" + table)
     storage.atomic_write_text(workdir / "report.md", "\n".join(s.rstrip("\n") + "\n" for s in sections))

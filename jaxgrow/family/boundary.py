@@ -8,7 +8,10 @@ import sys
 import traceback
 from typing import Any, Callable
 
-from jaxgrow.config import InputError, UsageError  # noqa: F401  (UsageError: re-exported for the CLI)
+from jaxgrow.config import InputError, TryLater, UsageError  # noqa: F401  (UsageError: re-exported for the CLI)
+
+
+EX_TEMPFAIL = 75  # sysexits.h: "try again later" (config.TryLater), which schedulers retry
 
 
 def fail(message: str, code: int = 2) -> int:
@@ -64,7 +67,8 @@ def _first_line(e: BaseException) -> str:
 
 def boundary(fn: Callable[[], int | None], verbosity: Callable[[], int] = lambda: -1) -> int:
     """The one exception boundary of every entry point (the CLI and the experiment scripts): bad input is one line
-    and exit code 2; an environment fault (disk full, storage unreachable, permission, out of memory) is one line
+    and exit code 2; "try again later" (TryLater: a live job on another host holds the workdir) is one line and exit
+    code 75; an environment fault (disk full, storage unreachable, permission, out of memory) is one line
     naming its cause and exit code 1, with the traceback only at --verbosity=1; Ctrl-C during setup is exit 130."""
     try:
         return fn() or 0
@@ -72,6 +76,8 @@ def boundary(fn: Callable[[], int | None], verbosity: Callable[[], int] = lambda
         return fail("interrupted", code=130)
     except InputError as e:  # bad input, a malformed command line included (UsageError)
         return fail(_first_line(e))
+    except TryLater as e:  # nothing wrong, but not now (a live job on another host holds the workdir): EX_TEMPFAIL
+        return fail(_first_line(e), code=EX_TEMPFAIL)
     except Exception as e:  # noqa: BLE001  (classified: an environment fault is one line; anything else is a bug)
         cause = environment_cause(e)
         if cause is None:

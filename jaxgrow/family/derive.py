@@ -81,6 +81,8 @@ def derive_run(cfg: Any, from_dir: Any, workdir: Any, kind: str, make_state: Cal
         raise config_lib.InputError(f"model.vocab_size={dst.model.vocab_size} differs from the checkpoint's "
                                     f"{source.model.vocab_size}")
     _check_data_tokenizer(cfg, source)
+    storage.check_apart(workdir, storage.as_path(str(from_dir), "--from").parent.parent, "--workdir",
+                        "the run of --from")
     workdir_lib.check_workdir_writable(workdir)
     out_dir = workdir_lib.stage_dir(workdir, plan.stages[0])
     lineage = dict(workdir_lib.parent_lineage(from_dir, source.step, source.meta, cfg), command=command, kind=kind)

@@ -75,6 +75,7 @@ def import_to_workdir(hf_dir: Path, workdir: Path) -> Path:
     cfg = config_lib.base_config()
     cfg.model = model_cfg
     checks.validate(cfg)
+    storage.check_apart(workdir, hf_dir, "--workdir", "the --hf checkpoint")
     workdir_lib.check_workdir_writable(workdir)
     out_dir = workdir_lib.member_dir(workdir, hf.IMPORTED_MEMBER)
     if storage.join(workdir, "config.json").exists():

@@ -80,11 +80,13 @@ def prepare(cfg: Any, workdir: Path) -> Setup:
 
         bench_tasks.check_config(cfg.eval)
     corpus = corpus_lib.prepare(cfg.data, cfg.model.vocab_size, workdir if workdir.exists() else None)
+    check_teacher_tokenizers(plan, corpus.info)
     # -- inputs are valid: from here on the workdir is written --
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         lock.acquire(workdir)
     compile_cache.configure(cfg, workdir)  # before the first compilation (W/xla_cache appears only now)
+    workdir_lib.save_rebuilt_budgets(list(plan.stages), workdir)
     workdir_lib.write_config(cfg, workdir)
     if jax.process_index() == 0:
         corpus_lib.save_cache(corpus, workdir)
@@ -96,6 +98,20 @@ def prepare(cfg: Any, workdir: Path) -> Setup:
         log.warning("%s", warning)
     eval_batches = pipeline.device_eval_batches(corpus.eval, cfg.data, mesh)
     return Setup(plan, workdir, mesh, corpus, eval_batches, lineage=lineage)
+
+
+def check_teacher_tokenizers(plan: RunPlan, info: tokenizers_lib.TokenizerInfo) -> None:
+    """A teacher given by checkpoint path must have been trained with this run's tokenizer (its run's pinned
+    tokenizer.json): the KL compares distributions over the same ids, so another tokenizer is refused, not mixed."""
+    for path in plan.teacher_models:
+        run_dir = storage.as_path(path, "distill.teacher").parent.parent  # <run>/members/<name>
+        if not storage.join(run_dir, tokenizers_lib.RUN_TOKENIZER).exists():
+            continue
+        teacher = tokenizers_lib.read_tokenizer(str(storage.join(run_dir, tokenizers_lib.RUN_TOKENIZER)),
+                                                "distill.teacher")
+        if tokenizers_lib.tokenizer_hash(teacher) != info.sha256:
+            raise config_lib.InputError(f"distill.teacher={path}: its run's tokenizer ({run_dir}/tokenizer.json) is "
+                                        "not this run's; a teacher must share the students' tokenizer")
 
 
 def _mesh(cfg: Any, workdir: Path) -> jax.sharding.Mesh:
@@ -181,8 +197,7 @@ def run(cfg: Any, workdir: Path, signals: faults.SignalFlag | None = None) -> Se
     gp = Goodput()
     setup = prepare(cfg, workdir)
     setup.goodput = gp
-    if all(checkpoint.has_checkpoint(member_dir(workdir, s.name)) for s in setup.stages) and \
-            storage.join(workdir, "report.json").exists():
+    if all(checkpoint.has_checkpoint(member_dir(workdir, s.name)) for s in setup.stages) and _report_intact(workdir):
         log.info("%s: every member is trained and reported already; nothing to train (the report is re-rendered)",
                  workdir)
         setup.finished = True
@@ -205,6 +220,22 @@ def run(cfg: Any, workdir: Path, signals: faults.SignalFlag | None = None) -> Se
     return setup
 
 
+def _report_intact(workdir: Path) -> bool:
+    """report.json exists and reads as a report; a damaged one (a kill or a full disk mid-write) is rebuilt from the
+    members and metrics by reporting again (it holds nothing that cannot be recomputed)."""
+    path = storage.join(workdir, "report.json")
+    if not path.exists():
+        return False
+    try:
+        report_json = json.loads(path.read_text())
+        if isinstance(report_json, dict) and isinstance(report_json.get("members"), list):
+            return True
+    except (ValueError, UnicodeDecodeError):
+        pass
+    log.warning("%s is damaged (empty, truncated or not a report); rebuilding it from the members and metrics", path)
+    return False
+
+
 def _measure(setup: Setup, bucket: str):
     return setup.goodput.measure(bucket) if setup.goodput else contextlib.nullcontext()
 
@@ -220,6 +251,8 @@ def run_one_stage(setup: Setup, stage: StageBudget, flops_before: float, steps_b
     ckpts = checkpoint.Checkpoints(stage_dir(workdir, stage), keep=cfg.checkpoint.keep,
                                    async_save=async_saves(cfg, workdir))
     state, data_state, source_params = initial_state(setup, stage, compiled, ckpts)
+    # a resumed stage logs its steps past the checkpoint again: the killed run's records of them go
+    metrics_log.drop_after(stage.index, int(jax.device_get(state.step)))
     teacher = teacher_params(setup, stage, distill, source_params) if distill is not None else None
     del source_params
     data_iter = _data_iterator(setup, data_state)

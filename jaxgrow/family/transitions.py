@@ -119,6 +119,14 @@ def with_default_teacher(rows: list[Transition], teacher: str, weight: float) ->
     stage; a checkpoint path: every row)."""
     if not teacher:
         return rows
+    names = [r.member for r in rows]
+    if not teacher_is_path(teacher):
+        if teacher not in names:
+            raise config_lib.ConfigError(f"distill.teacher={teacher!r} is not a member (members: {names}) nor a "
+                                         "checkpoint path")
+        if teacher == names[-1]:
+            raise config_lib.ConfigError(f"distill.teacher={teacher!r} is trained last: no stage comes after it to "
+                                         "distil from it (a teacher must be trained before its students)")
     seen, out = set(), []
     for row in rows:
         ok = teacher_is_path(teacher) or teacher in seen

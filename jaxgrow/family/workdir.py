@@ -54,11 +54,23 @@ def check_workdir_writable(workdir: Path) -> None:
     check_writable(workdir, "--workdir")
 
 
+def read_json_record(path: Any, what_to_do: str) -> Any:
+    """A run's JSON record, or InputError naming the file and what to do when it is empty, truncated or not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise config_lib.InputError(f"{path} is damaged (empty, truncated or not JSON); {what_to_do}") from None
+
+
 def check_drift(cfg: Any, workdir: Path) -> None:
     saved_path = storage.join(workdir, "config.json")
     if not saved_path.exists() or cfg.allow_config_change:
-        return
-    saved = json.loads(saved_path.read_text())
+        return  # (allow_config_change: a damaged config.json is rewritten from --config)
+    saved = read_json_record(saved_path, "restore it, or rerun with --config.allow_config_change=True to rewrite it "
+                                         "from --config")
+    if not isinstance(saved, dict):
+        raise config_lib.InputError(f"{saved_path} holds a {type(saved).__name__}, not a run config; restore it, or "
+                                    "rerun with --config.allow_config_change=True to rewrite it from --config")
     changed = config_lib.drift(saved, json.loads(cfg.to_json()))
     if changed:
         raise config_lib.ConfigError(
@@ -76,10 +88,62 @@ def write_config(cfg: Any, workdir: Path) -> None:
 # budget is recorded when the stage starts, and reports read finished stages from that record.
 
 
+class DamagedRecord(ValueError):
+    """budgets.json cannot be read."""
+
+
 def recorded_budgets(workdir: Path) -> dict[str, dict]:
-    """member name -> the budget it was started with (StageBudget.to_json), {} if none recorded."""
+    """member name -> the budget it was started with (StageBudget.to_json), {} if none recorded. DamagedRecord when
+    the file is empty, truncated or not a JSON object."""
     path = storage.join(workdir, BUDGETS_FILE)
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        recorded = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise DamagedRecord(str(path)) from None
+    if not isinstance(recorded, dict) or not all(isinstance(v, dict) for v in recorded.values()):
+        raise DamagedRecord(str(path))
+    return recorded
+
+
+def rebuild_budgets(stages: list[StageBudget], workdir: Path) -> dict[str, dict]:
+    """A damaged budgets.json rebuilt (in memory) from the plan, checked against what the checkpoints say: every
+    finished member must have trained its stage's steps under the current config (else the budget keys changed
+    since, and the record cannot be rebuilt: one line naming the file). `save_rebuilt_budgets` writes it once a run
+    has validated its inputs."""
+    path = storage.join(workdir, BUDGETS_FILE)
+    for s in stages:
+        directory = member_dir(workdir, s.name)
+        if checkpoint.has_checkpoint(directory):
+            ckpts = checkpoint.Checkpoints(directory)
+            try:
+                step = ckpts.latest_step()
+            finally:
+                ckpts.close()
+            if step != s.steps:
+                raise config_lib.InputError(
+                    f"{path} is damaged, and member {s.name} trained {step} steps where the config now gives its "
+                    f"stage {s.steps}: the budget keys changed since it started; restore {path}, or rerun with the "
+                    "budget keys the run started with")
+    return {s.name: s.to_json() for s in stages if checkpoint.has_checkpoint(member_dir(workdir, s.name))
+            or checkpoint.has_checkpoint(stage_dir(workdir, s))}
+
+
+def save_rebuilt_budgets(stages: list[StageBudget], workdir: Path) -> None:
+    """After validation: a damaged budgets.json is kept as budgets.json.damaged and replaced by its rebuilt record."""
+    path = storage.join(workdir, BUDGETS_FILE)
+    try:
+        recorded_budgets(workdir)
+        return
+    except DamagedRecord:
+        pass
+    rebuilt = rebuild_budgets(stages, workdir)
+    if jax.process_index() == 0:
+        storage.copy_file(path, storage.join(workdir, BUDGETS_FILE + ".damaged"))
+        storage.atomic_write_text(path, json.dumps(rebuilt, indent=2))
+    log.warning("%s was damaged; rebuilt from the config and checked against the member checkpoints (the damaged "
+                "file is kept as %s.damaged)", path, BUDGETS_FILE)
 
 
 def record_budget(workdir: Path, stage: StageBudget) -> None:
@@ -95,7 +159,10 @@ def record_budget(workdir: Path, stage: StageBudget) -> None:
 def apply_recorded(stages: list[StageBudget], workdir: Path) -> list[StageBudget]:
     """`stages` with each recorded stage replaced by its record: a stage that already started keeps
     the steps, tokens and FLOPs it started with even if budget keys changed since."""
-    recorded = recorded_budgets(workdir)
+    try:
+        recorded = recorded_budgets(workdir)
+    except DamagedRecord:
+        recorded = rebuild_budgets(stages, workdir)
     out = []
     for s in stages:
         r = recorded.get(s.name)
@@ -183,7 +250,11 @@ def parent_lineage(from_dir: Path, step: int, meta: dict, cfg: Any) -> dict:
     parent_cfg = None
     if storage.join(parent, "config.json").exists():
         parent_cfg = read_run_config(parent, "--from")
-        recorded = recorded_budgets(parent)
+        try:
+            recorded = recorded_budgets(parent)
+        except DamagedRecord:
+            raise config_lib.InputError(f"{storage.join(parent, BUDGETS_FILE)} is damaged; rerun train on {parent} "
+                                        "(it rebuilds the record) before growing or pruning its members") from None
         names = [m.name for m in config_lib.members(parent_cfg)]
         first = k if parent_cfg.mode == "independent" else 0
         for i in range(first, k + 1):
@@ -228,17 +299,35 @@ def select_members(workdir: Path, member: str | None) -> tuple[Any, list[StageBu
         if member not in names:
             raise config_lib.InputError(f"--member={member} is not a member of {workdir}; members: {', '.join(names)}")
         stages = [s for s in stages if s.name == member]
-        if not checkpoint.has_checkpoint(member_dir(workdir, member)):
+        if not (checkpoint.has_checkpoint(member_dir(workdir, member)) or repair_member(workdir, stages[0])):
             raise config_lib.InputError(f"--member={member}: {member_dir(workdir, member)} holds no checkpoint; "
                                         "train first")
         return cfg, stages
-    done = [s for s in stages if checkpoint.has_checkpoint(member_dir(workdir, s.name))]
+    done = [s for s in stages if checkpoint.has_checkpoint(member_dir(workdir, s.name)) or repair_member(workdir, s)]
     if not done:
         raise config_lib.InputError(f"--workdir={workdir} holds no finished member; train the family first")
     for s in stages:
         if s not in done:
             log.warning("member %s is not finished; skipped", s.name)
     return cfg, done
+
+
+def repair_member(workdir: Path, stage: StageBudget) -> bool:
+    """A member whose checkpoint lost an item (a deleted `meta`, say) is set aside to corrupt/<step> and rebuilt from
+    its stage's final checkpoint (the same state, saved at the same step), as training does; whether the member now
+    has a checkpoint. A member that never finished (no step directory at all) is left alone."""
+    directory = member_dir(workdir, stage.name)
+    if storage.is_remote(directory) or not Path(directory).is_dir():
+        return False
+    if not any(p.is_dir() and p.name.isdigit() for p in Path(directory).iterdir()):
+        return False
+    checkpoint.Checkpoints(directory).close()  # sets aside a step directory that lacks an item (corrupt/<step>)
+    final = stage_dir(workdir, stage)
+    if checkpoint.has_checkpoint(directory) or not checkpoint.step_is_committed(final, stage.steps):
+        return checkpoint.has_checkpoint(directory)
+    log.warning("member checkpoint %s was incomplete; rebuilt from %s/%d", directory, final, stage.steps)
+    checkpoint.copy_step(final, directory, stage.steps)
+    return checkpoint.has_checkpoint(directory)
 
 
 def restore_member(workdir: Path, stage: StageBudget, optimizer, mesh, with_opt: bool = True):

@@ -112,6 +112,29 @@ class MetricsLog:
         if self._remote and time.monotonic() - self._tb_uploaded >= self.TB_UPLOAD_SECONDS:
             self._upload_tb()
 
+    def drop_after(self, stage: int, step: int) -> int:
+        """Removes the records of `stage` past `step` (what a killed run logged after its last checkpoint, which the
+        resumed run logs again), so the metrics keep one record per step; returns how many were dropped. Local:
+        metrics.jsonl rewritten atomically; a bucket workdir: each part that holds such records."""
+        if not self.enabled:
+            return 0
+        stale = lambda r: r.get("stage") == stage and int(r.get("step", -1)) > step  # noqa: E731
+        paths = [self._path] if not self._remote else [
+            storage.join(self._parts_dir, name) for name in sorted(storage.list_files(self._parts_dir))
+            if name.endswith(".jsonl")] if storage.join(self._parts_dir).exists() else []
+        dropped = 0
+        for path in paths:
+            if not storage.join(path).exists():
+                continue
+            records, _ = storage.read_jsonl(path)
+            kept = [r for r in records if not stale(r)]
+            if len(kept) != len(records):
+                dropped += len(records) - len(kept)
+                storage.atomic_write_bytes(storage.join(path), b"".join((json.dumps(r) + "\n").encode() for r in kept))
+        if self._remote:  # this process's own part, as it will next be rewritten
+            self._part_lines = [line for line in self._part_lines if not stale(json.loads(line))]
+        return dropped
+
     def _upload_tb(self) -> None:
         storage.upload_tree(self._tb_local, self._tb_remote)
         self._tb_uploaded = time.monotonic()

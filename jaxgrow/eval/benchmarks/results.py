@@ -4,17 +4,31 @@ results) and the member x task tables of report.md."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from jaxgrow import storage
 from jaxgrow.eval.benchmarks import tasks as bench_tasks
 
 
+log = logging.getLogger("jaxgrow")
+
+
 def merge_eval_json(workdir: Path, update: dict) -> dict:
     """W/eval.json with `update` ({member: {key: value}}) merged in per member and per suite, so
     results of other suites, tasks and members are kept (report.update_eval_json writes it)."""
     path = storage.join(workdir, "eval.json")
-    current = json.loads(path.read_text()) if path.exists() else {}
+    current = {}
+    if path.exists():
+        try:
+            current = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            current = None
+        if not isinstance(current, dict):  # a kill or a full disk mid-write: kept aside, the rest is recomputable
+            storage.copy_file(path, storage.join(workdir, "eval.json.damaged"))
+            log.warning("%s was damaged; kept as eval.json.damaged and started afresh (rerun `evaluate` for the "
+                        "other suites)", path)
+            current = {}
     members = current.setdefault("members", {})
     for member, entry in update.items():
         dst = members.setdefault(member, {})
