@@ -179,7 +179,7 @@ def test_reproduce_paper_with_seeds_writes_claims_with_intervals(tmp_path):
     proc = _script("reproduce_paper.py", "--config", "configs/repro_small.py", "--workdir", str(tmp_path),
                    "--config.budget_scale=0.03", "--seeds=0,1", "--arms=progressive,fixed_lr,independent",
                    "--task_items=8", "--config.data.eval_batches=2", "--bench_suite=piqa,arc_easy", "--bench_limit=4",
-                   timeout=1800)
+                   "--parallel=2", timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     c = json.loads((tmp_path / "comparison.json").read_text())
     assert c["seeds"] == [0, 1] and c["arms"]["progressive"]["seeds"] == [0, 1]

@@ -32,6 +32,7 @@ ARGS = ("--config", "configs/family_tiny.py", "--config.budget_scale=0.15", "--c
 # coverage (#28: the smallest run that shows the property)
 TWO_MEMBERS = ("from configs.family_tiny import get_config as base\n\n"
                "def get_config():\n    c = base()\n    del c.members['large']\n    return c\n")
+# with two members, budget_scale=0.05 gives small 3 steps (one save, at 3) and medium 8 (saves at 3, 6, 8)
 
 
 def member_arrays(workdir) -> dict:
@@ -62,9 +63,9 @@ def test_two_hosts_write_gcs_directly_killed_mid_async_save_then_resume_on_one(t
     run = "gs://jaxgrow-test/pod"
     cfg = tmp_path / "two_members.py"
     cfg.write_text(TWO_MEMBERS)
-    args = ("--config", str(cfg), *ARGS[2:])
-    # both processes die right after their 4th stage save returned: stage 1's step 6, asynchronous, in flight
-    procs, outs = two_processes(run, gcs_emulator, fault="checkpoint_saving:4", args=args)
+    args = ("--config", str(cfg), *ARGS[2:], "--config.budget_scale=0.05")
+    # both processes die right after their 3rd stage save returned: stage 1's step 6, asynchronous, in flight
+    procs, outs = two_processes(run, gcs_emulator, fault="checkpoint_saving:3", args=args)
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == -signal.SIGKILL, err[-3000:]
     stage1 = f"{run}/stages/1-medium"

@@ -208,7 +208,7 @@ def cmd_tokenize(rest: list[str]) -> int:
     try:
         manifest = tokenize.run_command(FLAGS.inputs or "", FLAGS.out or "", FLAGS.tokenizer, FLAGS.vocab_size,
                                         FLAGS.text_field, FLAGS.workers, FLAGS.eos_token, FLAGS.bos_token,
-                                        FLAGS.shard_tokens, before_write=lambda: lock.acquire(out, "tokenize"))
+                                        FLAGS.shard_tokens, before_write=lambda: _take(lock, out))
     except InputError:
         if out is not None and not existed:  # refused mid-way: the lock's directory goes too, nothing is left
             lock.release(out)
@@ -222,6 +222,12 @@ def cmd_tokenize(rest: list[str]) -> int:
           f"{manifest['total_tokens']} tokens ({manifest['dtype']}, {len(manifest['shards'])} shards) in {dt:.1f}s "
           f"({manifest['total_tokens'] / max(dt, 1e-9):.0f} tokens/s) into {FLAGS.out}")
     return 0
+
+
+def _take(lock, out) -> None:
+    """--out's writer lock, once the inputs are valid (the lock file lives in --out, so --out is made first)."""
+    out.mkdir(parents=True, exist_ok=True)
+    lock.acquire(out, "tokenize")
 
 
 HANDLERS = {"train": cmd_train, "expand": lambda rest: _derive("expand"), "prune": lambda rest: _derive("prune"),

@@ -30,6 +30,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import queue as queue_lib
 import sys
 
@@ -81,7 +82,8 @@ _WORKER: dict = {}
 
 
 def _init_worker(tokenizer_json: str, progress, rayon_threads: int | None = None) -> None:
-    if rayon_threads:
+    if rayon_threads:  # a spawned worker: a terminal's Ctrl-C reaches it too; the parent stops it and says so
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         # each worker process gets its share of the cores for tokenizers' Rust (rayon) pool, built on
         # first use: with one pool of all cores per worker the pools oversubscribe the machine, and
         # `tokenize --workers 2` on 2 cores ran at 5.5 MB/s instead of 8.0 (experiments/bench_data.py)

@@ -75,9 +75,6 @@ def _jitted(kind, src_cfg, dst_cfg, method, depth, depth_position, map_seed, noi
     return jax.jit(lambda tree: core.expand_tree(tree, src_cfg, dst_cfg, plan, kind=kind, key=None, noise=0.0))
 
 
-def _is_moments(node: Any) -> bool:
-    return hasattr(node, "_fields") and "mu" in node._fields and "nu" in node._fields
-
 
 def expand_opt_state(opt_state: Any, params_src: dict, src_cfg: Any, dst_cfg: Any, *, method: str = "zero",
                      depth: str = "identity", depth_position: str = "interleave", policy: str = "carry",
@@ -108,23 +105,13 @@ def expand_opt_state(opt_state: Any, params_src: dict, src_cfg: Any, dst_cfg: An
             return zeros()
         return _jitted(kind, *frozen)(tree)
 
-    def visit(node: Any) -> Any:
-        if _is_moments(node):
-            fields = {"mu": moments(node.mu, "mu"), "nu": moments(node.nu, "nu")}
-            if "count" in node._fields and (reset_count or policy == "reset"):
-                fields["count"] = jnp.zeros_like(node.count)
-            return node._replace(**fields)
-        if isinstance(node, dict) and jax.tree.structure(node) == params_def:
-            return moments(node, "mu")
-        if isinstance(node, tuple) and hasattr(node, "_fields"):
-            return node._replace(**{f: visit(getattr(node, f)) for f in node._fields})
-        if isinstance(node, (tuple, list)):
-            return type(node)(visit(n) for n in node)
-        if isinstance(node, dict):
-            return {k: visit(v) for k, v in node.items()}
-        return node
+    def on_moments(node: Any) -> Any:
+        fields = {"mu": moments(node.mu, "mu"), "nu": moments(node.nu, "nu")}
+        if "count" in node._fields and (reset_count or policy == "reset"):
+            fields["count"] = jnp.zeros_like(node.count)
+        return node._replace(**fields)
 
-    return visit(opt_state)
+    return layout.map_param_trees(opt_state, params_def, on_moments, lambda tree: moments(tree, "mu"))
 
 
 def resolve_target(src_cfg: Any, dst_cfg: Any, method: str) -> tuple[ml_collections.ConfigDict, str | None]:

@@ -102,6 +102,9 @@ def script_main(run_fn: Callable[[list[str]], Any]) -> Callable[[list[str]], Non
     """An `absl.app.run` main for an experiment script: `run_fn(argv)` inside the CLI's exception boundary."""
 
     def main_fn(argv: list[str]) -> None:
-        sys.exit(boundary(lambda: run_fn(argv)))
+        from jaxgrow.train import faults  # noqa: PLC0415
+
+        faults.install()  # a signal ends the script with one line, as it ends the CLI (train/faults.py)
+        faults.leave(boundary(lambda: faults.hard_exits(lambda: run_fn(argv))))
 
     return main_fn

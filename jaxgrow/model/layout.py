@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 # Bumped whenever a path, shape or axis meaning changes; stored in every checkpoint so that an
@@ -163,3 +163,26 @@ def param_count(cfg: Any) -> int:
 def non_embedding_param_count(cfg: Any) -> int:
     """N: parameters outside the token embedding and LM head (the N of scaling laws and LR rules)."""
     return param_count(cfg) - embedding_param_count(cfg)
+
+
+def map_param_trees(state: Any, params_def: Any, on_moments: Callable[[Any], Any],
+                    on_tree: Callable[[dict], dict]) -> Any:
+    """An optimizer state (any optax chain's) with every param-shaped part mapped, the rest kept: on_moments(node)
+    for Adam-like moments (a namedtuple with `mu` and `nu`, which may also carry a step count), on_tree(tree) for any
+    other subtree with the params' structure `params_def`. What expansion and pruning both walk."""
+    import jax  # noqa: PLC0415
+
+    def visit(node: Any) -> Any:
+        if hasattr(node, "_fields") and "mu" in node._fields and "nu" in node._fields:
+            return on_moments(node)
+        if isinstance(node, dict) and jax.tree.structure(node) == params_def:
+            return on_tree(node)
+        if isinstance(node, tuple) and hasattr(node, "_fields"):
+            return node._replace(**{f: visit(getattr(node, f)) for f in node._fields})
+        if isinstance(node, (tuple, list)):
+            return type(node)(visit(n) for n in node)
+        if isinstance(node, dict):
+            return {k: visit(v) for k, v in node.items()}
+        return node
+
+    return visit(state)

@@ -72,9 +72,6 @@ def prune_params(params: dict, src_cfg: Any, dst_cfg: Any, *, scores: Any = None
     return _jitted(_frozen(src_cfg), _frozen(dst_cfg), sel)(params)
 
 
-def _is_moments(node: Any) -> bool:
-    return hasattr(node, "_fields") and "mu" in node._fields and "nu" in node._fields
-
 
 def prune_opt_state(opt_state: Any, src_cfg: Any, dst_cfg: Any, *, scores: Any = None, keep: Any = None) -> Any:
     """Applies the params' selection to an optax state: Adam's mu and nu (and any other subtree in
@@ -85,17 +82,5 @@ def prune_opt_state(opt_state: Any, src_cfg: Any, dst_cfg: Any, *, scores: Any =
     prune = _jitted(_frozen(src_cfg), _frozen(dst_cfg), sel)
     params_def = jax.tree.structure(layout.build_tree(src_cfg, lambda s: 0))
 
-    def visit(node: Any) -> Any:
-        if _is_moments(node):
-            return node._replace(mu=prune(node.mu), nu=prune(node.nu))
-        if isinstance(node, dict) and jax.tree.structure(node) == params_def:
-            return prune(node)
-        if isinstance(node, tuple) and hasattr(node, "_fields"):
-            return node._replace(**{f: visit(getattr(node, f)) for f in node._fields})
-        if isinstance(node, (tuple, list)):
-            return type(node)(visit(n) for n in node)
-        if isinstance(node, dict):
-            return {k: visit(v) for k, v in node.items()}
-        return node
-
-    return visit(opt_state)
+    return layout.map_param_trees(opt_state, params_def, lambda node: node._replace(mu=prune(node.mu), nu=prune(node.nu)),
+                                  prune)

@@ -23,15 +23,28 @@ Three kinds of directory:
   an s3:// workdir with one line naming gs:// or a shared filesystem.
 In all three the rolling `keep` deletes only committed steps, quarantine copies a damaged step to corrupt/<step>
 and retires the original's commit first, and params-only restores (eval, export, sample) read no optimizer state.
+
+A failed background save fails the run fast, on every host. Orbax keeps an async save's error to itself until the next
+save or the end waits for it, and with several processes the healthy hosts then wait in orbax's barriers (20 minutes
+each) for the failed one, which waits for them in another: the whole pod sat idle. Here each process records its own
+failure the moment its background save thread ends (sticky, without consuming orbax's copy), `check_saves` reads it at
+every step boundary (a local read; with several processes the flags are combined by one small all-gather at log
+boundaries), and every wait (the next save, the end of a stage) first polls all processes' flags until every
+process's save has finished, so no process enters orbax's barriers while another has failed. Then SaveFailed (a
+faults.HardExit) ends every process with one line naming the checkpoint path, without joining orbax's threads; the
+rerun resumes from the last committed step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +55,7 @@ from etils import epath
 
 from jaxgrow import storage
 from jaxgrow.model import layout
+from jaxgrow.train import faults
 
 
 log = logging.getLogger("jaxgrow")
@@ -53,6 +67,39 @@ COMMIT_MARKER = "COMMITTED"  # remote steps: written last, lists the step's file
 
 class CorruptCheckpoint(RuntimeError):
     """A step whose files fail their checksums or cannot be parsed (not an I/O error or OOM)."""
+
+
+class SaveFailed(faults.HardExit):
+    """A background (async) checkpoint save failed on some process: raised on every process at the same step
+    boundary; the CLI ends each with this one line (exit 1) without waiting for orbax's threads."""
+
+
+_ASYNC_SAVES = [0]  # asynchronous saves started by this process (JAXGROW_FAULT=checkpoint_write_error:<n>)
+_ASYNC_SAVES_LOCK = threading.Lock()
+AGREE_POLL_S = 0.1  # while waiting for the processes' in-flight saves: one all-gather of their states per poll
+
+
+class _InjectedWriteError:
+    """A commit future that fails a moment after the save started, as a storage write error does (fault injection)."""
+
+    def __init__(self, directory: Any):
+        self.directory = directory
+
+    def result(self, timeout: float | None = None) -> None:
+        time.sleep(0.2)
+        raise OSError(errno.EIO, f"injected write error (JAXGROW_FAULT=checkpoint_write_error) in {self.directory}")
+
+    def cancel(self) -> bool:
+        return False
+
+
+def _agree(values: list[int]) -> list[list[int]]:
+    """Every process's `values` (one small all-gather; all processes must call it at the same point)."""
+    import numpy as np  # noqa: PLC0415
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    return np.asarray(multihost_utils.process_allgather(np.asarray(values, np.int32))).reshape(
+        jax.process_count(), len(values)).tolist()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +213,117 @@ class Checkpoints:
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                                cleanup_tmp_directories=True, create=True)
         self._mgr = ocp.CheckpointManager(local_dir, options=options, item_names=ITEMS)
+        self.async_save = async_save
+        self._inflight_step: int | None = None           # the step of the last asynchronous save started
+        self._failure: tuple[int | None, BaseException] | None = None  # this process's failed background save
+        self._async = self._watch_async_saves() if async_save else None
+
+    # -- failed background saves (see the module doc) ------------------------------------------
+
+    def _watch_async_saves(self) -> Any:
+        """Records this process's failed background save the moment orbax's save thread ends (orbax keeps the error
+        until the next wait, which then consumes it) and injects JAXGROW_FAULT=checkpoint_write_error:<n>. Returns
+        orbax's async manager, or None when this orbax lacks the internals (then failures surface at the next wait,
+        as orbax raises them)."""
+        manager = getattr(getattr(self._mgr, "_checkpointer", None), "_async_manager", None)
+        if manager is None or not all(hasattr(manager, a) for a in ("_thread_func", "start_async_commit",
+                                                                      "_exception", "_thread")):
+            log.warning("orbax %s: cannot watch background saves; a failed one surfaces at the next save",
+                        getattr(ocp, "__version__", "?"))
+            return None
+        thread_func, start = manager._thread_func, manager.start_async_commit
+
+        def recording_thread_func(directory, commit_futures, on_commit_callback):
+            thread_func(directory, commit_futures, on_commit_callback)
+            error = manager._exception  # read before orbax's finalize thread (joined on this one) consumes it
+            if error is not None and not getattr(manager, "_cancel_requested", False):
+                self._failure = (self._inflight_step, error)
+
+        def injecting_start(directory, commit_futures, on_commit_callback):
+            with _ASYNC_SAVES_LOCK:
+                _ASYNC_SAVES[0] += 1
+                n = _ASYNC_SAVES[0]
+            if faults.fault_count("checkpoint_write_error") == n:
+                commit_futures = [_InjectedWriteError(directory), *commit_futures]
+            return start(directory, commit_futures, on_commit_callback)
+
+        manager._thread_func = recording_thread_func
+        manager.start_async_commit = injecting_start
+        finalize = self._mgr._finalize
+
+        def recording_finalize(*args, **kwargs):
+            try:
+                return finalize(*args, **kwargs)
+            except BaseException as e:
+                if self._failure is None:
+                    self._failure = (self._inflight_step, e)
+                raise
+
+        self._mgr._finalize = recording_finalize
+        return manager
+
+    def _save_state(self) -> int:
+        """This process's background save: 0 none in flight (the last one committed), 1 in flight, 2 failed."""
+        if self._failure is not None:
+            return 2
+        thread = getattr(self._async, "_thread", None)
+        return 1 if thread is not None and thread.is_alive() else 0
+
+    def _raise_failed(self, failed_processes: list[int]) -> None:
+        step, error = self._failure if self._failure is not None else (self._inflight_step, None)
+        path = storage.join(self.directory, str(step)) if step is not None else self.directory
+        where = (f" on process {', '.join(map(str, failed_processes))}" if jax.process_count() > 1 else "")
+        cause = ""
+        if error is not None:
+            text = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+            cause = f" ({type(error).__name__}: {text})" if text else f" ({type(error).__name__})"
+        raise SaveFailed(f"the background save of checkpoint {path} failed{where}{cause}; the last committed step of "
+                         f"{self.directory} is kept: rerun the same command to resume from it")
+
+    def check_saves(self, agree: bool = False) -> None:
+        """At a step boundary: SaveFailed when a background save failed. agree=False reads this process's state only
+        (no host sync); agree=True combines every process's (one small all-gather: every process calls it at the
+        same step). Single-process runs never need the collective."""
+        if not self.async_save:
+            return
+        if jax.process_count() > 1:
+            if not agree:
+                return  # one process alone must not stop: the others would wait for it in the next collective
+            states = [row[0] for row in _agree([self._save_state()])]
+        else:
+            states = [self._save_state()]
+        if 2 in states:
+            self._raise_failed([i for i, v in enumerate(states) if v == 2])
+
+    def _settle(self) -> None:
+        """Waits for the background save of every process (SaveFailed on every process when any failed), then
+        orbax's own wait. With several processes the states are polled with one all-gather per AGREE_POLL_S until no
+        process has a save in flight, so none enters orbax's barriers while another has failed."""
+        if not self.async_save:
+            self._mgr.wait_until_finished()
+            return
+        multi = jax.process_count() > 1
+        if multi and self._async is not None:
+            while True:
+                states = [row[0] for row in _agree([self._save_state()])]
+                if 2 in states:
+                    self._raise_failed([i for i, v in enumerate(states) if v == 2])
+                if 1 not in states:
+                    break
+                time.sleep(AGREE_POLL_S)
+        try:
+            self._mgr.wait_until_finished()
+            ok = True
+        except Exception as e:  # noqa: BLE001  (the finalize step failed: it is the save's failure)
+            if self._failure is None:
+                self._failure = (self._inflight_step, e)
+            ok = False
+        if multi:
+            oks = [row[0] for row in _agree([int(ok)])]
+            if not all(oks):
+                self._raise_failed([i for i, v in enumerate(oks) if not v])
+        elif not ok:
+            self._raise_failed([0])
 
     def _quarantine_incomplete(self) -> None:
         """A finalized step directory that lacks an item (a deleted or lost `meta`, say) is not a checkpoint: it is
@@ -197,7 +355,8 @@ class Checkpoints:
         """Saves (blocking unless async_save; the staged s3:// mirror always blocks)."""
         meta = dict(meta.to_json(), step=int(step), layout_version=layout.LAYOUT_VERSION,
                     checksums={"params": checksums(params), "opt_state": checksums(opt_state)})
-        self._mgr.wait_until_finished()
+        self._settle()  # the previous save, on every process (a failed one raises SaveFailed everywhere)
+        self._inflight_step = int(step)
         self._mgr.save(step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
             meta=ocp.args.JsonSave(meta)), force=True)
@@ -249,7 +408,7 @@ class Checkpoints:
         self._mgr.reload()
 
     def wait(self) -> None:
-        self._mgr.wait_until_finished()
+        self._settle()
 
     def reached_preemption(self, step: int) -> bool:
         """Multi-host: every process agrees on the step to save at after a SIGTERM (jax's
@@ -334,7 +493,7 @@ class Checkpoints:
         self._mgr.reload()
 
     def close(self) -> None:
-        self._mgr.wait_until_finished()
+        self._settle()
         self._mgr.close()
         if self.remote:
             shutil.rmtree(self._staging, ignore_errors=True)

@@ -7,6 +7,7 @@ import json
 import logging
 import shutil
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -21,12 +22,26 @@ NOISY = ("absl", "orbax", "jax._src", "jax", "tensorflow", "botocore", "boto3", 
 
 
 def setup(level: int = logging.INFO, verbosity: int = -1) -> None:
-    """`jaxgrow: message` lines on stderr; library loggers at WARNING unless verbosity >= 1 (then everything at
-    DEBUG)."""
-    logging.basicConfig(level=logging.DEBUG if verbosity >= 1 else level, format="jaxgrow: %(message)s",
+    """`jaxgrow: message` lines on stderr; library loggers only for what they call critical unless verbosity >= 1
+    (then everything at DEBUG). A failure in a library's background thread (an orbax save on a full disk, say) is
+    the run's to report, as one line through the exception boundary or the loop: its thread's traceback and the
+    libraries' error logs about it would otherwise come first, dozens of lines of them, so they go to DEBUG too."""
+    verbose = verbosity >= 1
+    logging.basicConfig(level=logging.DEBUG if verbose else level, format="jaxgrow: %(message)s",
                         stream=sys.stderr, force=True)
     for name in NOISY:
-        logging.getLogger(name).setLevel(logging.DEBUG if verbosity >= 1 else logging.WARNING)
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.CRITICAL)
+    threading.excepthook = _thread_excepthook if not verbose else threading.__excepthook__
+    sys.unraisablehook = _unraisable_hook if not verbose else sys.__unraisablehook__
+
+
+def _thread_excepthook(args) -> None:
+    logging.getLogger("jaxgrow").debug("exception in thread %s", getattr(args.thread, "name", "?"),
+                                       exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+
+def _unraisable_hook(unraisable) -> None:
+    logging.getLogger("jaxgrow").debug("ignored exception in %r: %r", unraisable.object, unraisable.exc_value)
 
 
 class MetricsLog:

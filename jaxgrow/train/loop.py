@@ -12,6 +12,7 @@ never the run config.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import shutil
@@ -138,20 +139,24 @@ def run_stage(spec: StageSpec, state: TrainState, train_step: Callable, data_ite
     at which one asked to stop (the checkpoint hook saved first), NonFiniteLoss when a hook finds too many
     non-finite steps."""
     loop = Loop(spec, state, train_step, data_iter, goodput if goodput is not None else Goodput(), teacher_params)
-    for hook in hooks:
-        if hook.at_start:
-            hook.run(loop, loop.start)
-    for step in range(loop.start, spec.steps):
-        t_iter, measured = time.perf_counter(), sum(loop.goodput.seconds.values())
-        loop.train_one(step)
+    # the graceful window: a SIGTERM/SIGINT during the steps becomes a checkpoint at the next boundary; outside it
+    # (setup, expansion, member save, report) a signal ends the process at once (faults.py)
+    signals = next((h.signals for h in hooks if getattr(h, "signals", None) is not None), None)
+    with signals.window() if signals is not None else contextlib.nullcontext():
         for hook in hooks:
-            if hook.due(loop, step + 1):
-                hook.run(loop, step + 1)
-        loop.goodput.add("train", time.perf_counter() - t_iter - (sum(loop.goodput.seconds.values()) - measured))
-        if loop.stop:
-            _finish(hooks, loop)
-            raise Preempted(loop.stop_signum)
-    _finish(hooks, loop)
+            if hook.at_start:
+                hook.run(loop, loop.start)
+        for step in range(loop.start, spec.steps):
+            t_iter, measured = time.perf_counter(), sum(loop.goodput.seconds.values())
+            loop.train_one(step)
+            for hook in hooks:
+                if hook.due(loop, step + 1):
+                    hook.run(loop, step + 1)
+            loop.goodput.add("train", time.perf_counter() - t_iter - (sum(loop.goodput.seconds.values()) - measured))
+            if loop.stop:
+                _finish(hooks, loop)
+                raise Preempted(loop.stop_signum)
+        _finish(hooks, loop)
     return loop.state
 
 
@@ -237,15 +242,23 @@ def eval_hook(spec: StageSpec, eval_step: Callable, eval_batches: list, metrics_
 
 def preemption_hook(signals: SignalFlag, ckpts: checkpoint.Checkpoints) -> Hook:
     """Every step: SIGTERM/SIGINT (or, with several processes, jax's preemption sync) asks for a checkpoint at this
-    boundary and an exit; the checkpoint hook after it saves."""
+    boundary and an exit; the checkpoint hook after it saves. And a failed background save stops the run here, on
+    every process (checkpoint.SaveFailed): a local read each step in a single process; with several, the processes
+    combine their flags with one small all-gather at log boundaries (where the log hook already syncs the host), and
+    every checkpoint boundary agrees before it waits (Checkpoints.save)."""
     multi_host = jax.process_count() > 1
 
     def fn(loop: Loop, done: int) -> None:
+        every = loop.spec.log_every
+        ckpts.check_saves(agree=multi_host and every > 0 and done % every == 0)
         if signals.signum is not None or (multi_host and ckpts.reached_preemption(done)):
             loop.stop = True
             loop.stop_signum = signals.signum or signal.SIGTERM
+            signals.stopping()  # the watchdog's first deadline is met: the preemption checkpoint comes next
 
-    return Hook("preemption", fn, every=1)
+    hook = Hook("preemption", fn, every=1)
+    hook.signals = signals  # type: ignore[attr-defined]  (run_stage opens its graceful window)
+    return hook
 
 
 def checkpoint_hook(spec: StageSpec, ckpts: checkpoint.Checkpoints) -> Hook:
