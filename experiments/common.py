@@ -131,3 +131,37 @@ def start_gcs_emulator(bucket: str) -> tuple[subprocess.Popen, int]:
 def start_s3_emulator() -> tuple[subprocess.Popen, int]:
     """A moto S3 server; (process, port)."""
     return start_server(lambda port: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)])
+
+
+# ------------------------------------------------------------------------------------------ one data cache for many runs
+
+
+def data_donor(data_cfg, vocab_size: int, directory: Path) -> Path:
+    """A directory holding what a run with `data_cfg` would build before it trains: its tokenizer.json and the token
+    cache of its raw text (W/data/), made once. Many runs on the same data (sweep points, arm-seeds) adopt it instead
+    of each tokenizing the same text again: the same deterministic tokenizer and ids, so the same results."""
+    from jaxgrow.data import corpus as corpus_lib  # noqa: PLC0415
+
+    directory = Path(directory)
+    if not (directory / "DONE").exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        corpus = corpus_lib.prepare(data_cfg, vocab_size, directory)
+        corpus_lib.save_cache(corpus, directory)
+        (directory / "DONE").write_text("")
+    return directory
+
+
+def adopt_data_cache(donor: Path | None, workdir: Path) -> None:
+    """Before a run's first start: its tokenizer and token cache copied from `donor` (see data_donor)."""
+    import shutil  # noqa: PLC0415
+
+    workdir = Path(workdir)
+    if donor is None or workdir.exists():
+        return
+    tmp = workdir.with_name(workdir.name + ".adopting")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copy(Path(donor) / "tokenizer.json", tmp / "tokenizer.json")
+    if (Path(donor) / "data").is_dir():
+        shutil.copytree(Path(donor) / "data", tmp / "data")
+    tmp.rename(workdir)

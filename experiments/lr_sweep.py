@@ -41,6 +41,8 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+import common
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "family config", lock_config=False)
 flags.DEFINE_string("workdir", None, "output directory (one run per member and LR)")
 flags.DEFINE_float("lr_min", 1e-3, "smallest peak LR")
@@ -55,6 +57,7 @@ flags.DEFINE_string("lr_rule_file", None, "--progressive: the from-scratch rule 
                     "parent of every re-warm sweep)")
 flags.DEFINE_bool("allow_repeats", False, "run even when a member's budget needs more than one pass over the data")
 FLAGS = flags.FLAGS
+DONOR: list[Path | None] = [None]  # the sweep's data, tokenized once (set in `run`)
 MIN_POINTS = 5  # fewer cannot locate an optimum and check that it is interior
 
 
@@ -103,6 +106,7 @@ def run_one(cfg, workdir: Path, member_index: int = 0) -> float:
 
     done = workdir / "report.json"
     if not done.exists():
+        common.adopt_data_cache(DONOR[0], workdir)
         with faults.SignalFlag() as signals:
             family.train_and_report(cfg, workdir, signals, consistency=False)
     return float(json.loads(done.read_text())["members"][member_index]["eval_loss"])
@@ -219,13 +223,14 @@ def run(argv) -> None:
     logs.setup()
     mode = "progressive" if FLAGS.progressive else "independent"
     stages = budgets.budgets(base, mode)
-    corpus = corpus_lib.prepare(base.data, base.model.vocab_size, None)
+    workdir = Path(FLAGS.workdir).absolute()
+    # every sweep point reads the same data: tokenized once, adopted by each point's run (common.data_donor)
+    DONOR[0] = common.data_donor(base.data, base.model.vocab_size, workdir / "data_donor")
+    corpus = corpus_lib.prepare(base.data, base.model.vocab_size, DONOR[0])
     epochs = passes.epochs_per_member(stages, mode, base.data.batch_size, corpus.train_tokens, base.data.seq_len)
-    corpus_lib.discard(corpus)
     warning = passes.repeat_warning([s.name for s in stages], epochs, corpus.train_tokens)
     if warning and not FLAGS.allow_repeats:
         raise config_lib.InputError(f"{warning}; or pass --allow_repeats")
-    workdir = Path(FLAGS.workdir).absolute()
     import jax  # noqa: PLC0415  (every run of a member size compiles the same programs: one persistent cache)
 
     jax.config.update("jax_compilation_cache_dir", str(workdir / "xla_cache"))

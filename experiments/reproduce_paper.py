@@ -50,6 +50,8 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+import common
+
 from jaxgrow.eval import comparison
 from jaxgrow.family import budgets
 
@@ -152,7 +154,8 @@ def check_passes(arm_cfgs: dict, allow_repeats: bool) -> dict:
     return out
 
 
-def run_arm(label: str, cfg_json: str, workdir: str, tasks: str, bench_suite: str, bench_limit: int) -> dict:
+def run_arm(label: str, cfg_json: str, workdir: str, tasks: str, bench_suite: str, bench_limit: int,
+            donor: str | None = None) -> dict:
     """Trains (or resumes) one arm-seed, reports it, scores the task file and the benchmark suite; returns its
     report.json and eval.json. A plain function of plain arguments: --parallel runs it in worker processes."""
     from jaxgrow.eval.benchmarks import tasks as bench_tasks  # noqa: PLC0415
@@ -164,6 +167,7 @@ def run_arm(label: str, cfg_json: str, workdir: str, tasks: str, bench_suite: st
     workdir = Path(workdir)
     done = workdir / "report.json"
     if not (done.exists() and (workdir / "eval.json").exists()):
+        common.adopt_data_cache(Path(donor) if donor else None, workdir)
         t0 = time.perf_counter()
         with faults.SignalFlag() as signals:
             family.train_and_report(cfg, workdir, signals)
@@ -252,8 +256,10 @@ def run(argv) -> None:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     order = [(a, s) for s in seeds for a in arms]  # seed-major: an interrupted run has complete seeds for every arm
     t0 = time.perf_counter()
+    # every arm-seed reads the same data: tokenized once, adopted by each run (common.data_donor)
+    donor = str(common.data_donor(base.data, base.model.vocab_size, workdir / "data_donor")) if not finished else None
     runs = run_all([(f"{a}/seed{s}", arm_cfgs[(a, s)].to_json(), str(arm_dir(workdir, a, s)), str(tasks),
-                     FLAGS.bench_suite, FLAGS.bench_limit) for a, s in order], FLAGS.parallel)
+                     FLAGS.bench_suite, FLAGS.bench_limit, donor) for a, s in order], FLAGS.parallel)
     print(f"all {len(order)} arm-seeds done in {time.perf_counter() - t0:.0f}s ({FLAGS.parallel} at a time)", flush=True)
     results: dict = {a: {} for a in arms}
     for (a, s), r in zip(order, runs):

@@ -488,6 +488,11 @@ def test_bad_input_catalogue(world, tmp_path):
 
     def one(entry):
         name, args, words, keep, devices = entry
+        # rows run 3 at a time: each gets its own never-created output paths, so a row that takes --out's lock (and
+        # removes --out again when it refuses the input) never meets another row's
+        private = {str(world["d"] / base): str(world["d"] / f"{base}_{name}") for base in ("new_out", "new_wd")}
+        args = tuple(private.get(a, a) for a in args)
+        keep = [Path(private.get(str(p), str(p))) for p in keep]
         before = tree_hash(*keep)
         try:
             proc = run_cli(*args, cwd=cwd, timeout=180, devices=devices)

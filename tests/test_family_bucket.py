@@ -154,7 +154,7 @@ def test_compile_cache_serves_the_resumed_stage(tmp_path):
     workdir) instead of recompiling them; results are bitwise those of an uninterrupted run."""
     w = tmp_path / "run"
     env = {"JAX_COMPILATION_CACHE_DIR": "", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    args = ("--config", "configs/tiny.py", "--config.budget_scale=0.05", "--config.log.progress=False")
+    args = ("--config", "configs/tiny.py", "--config.budget_scale=0.02", "--config.log.progress=False")  # 12 steps
     first = run_cli(*args, "--workdir", str(w), env={**env, "JAXGROW_FAULT": "train_step:5:TERM"})
     assert first.returncode == 143, first.stderr[-2000:]
     assert any((w / "xla_cache").iterdir())

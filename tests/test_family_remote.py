@@ -141,9 +141,11 @@ def test_family_in_a_gcs_workdir_resumes_after_sigkill(gcs_emulator):
 
     fs = gcsfs.GCSFileSystem()
     run = "gs://jaxgrow-test/run"
-    # budget_scale=0.1: small 2 steps, medium 6; a checkpoint every step; die right after the 4th
-    # stage save returned (medium's step 2, committed)
+    # budget_scale=0.1: small 2 steps, medium 6, and large only 2 (its `tokens`: the kill and the resume happen in
+    # medium, so a long last stage would add run time, not coverage); a checkpoint every step; die right after the
+    # 4th stage save returned (medium's step 2, committed)
     args = ("--config", "configs/family_tiny.py", "--config.budget_scale=0.1", "--config.log.progress=False",
+            "--config.members.large.tokens=120000",
             "--config.checkpoint.every_steps=1", "--config.checkpoint.async_save_remote=False", "--workdir", run)
     killed = run_cli(*args, env={**gcs_emulator, "JAXGROW_FAULT": "checkpoint_saving:4"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]

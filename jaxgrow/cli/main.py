@@ -202,7 +202,8 @@ def cmd_tokenize(rest: list[str]) -> int:
     if FLAGS.inputs and out is not None:  # an output that holds (or is inside) an input would overwrite what it reads
         for path in formats.expand_inputs(FLAGS.inputs, "--inputs"):
             storage.check_apart(out, path, "--out", "the input")
-        lock.check_free(out)  # one writer per --out, as per workdir
+        if not out.exists() or out.is_dir():  # (a file there is refused by tokenize's own checks)
+            lock.check_free(out)  # one writer per --out, as per workdir
     existed = out is not None and out.exists()
     t0 = time.perf_counter()
     try:

@@ -69,7 +69,7 @@ def parse(argv: list[str]) -> list[str]:
     except Exception as e:  # noqa: BLE001  (the user's get_config() raised, or an override could not be cast)
         if path is None:
             raise
-        raise UsageError(f"--config={path}: get_config() or an override raised {type(e).__name__}: "
+        raise UsageError(f"--config={path}: get_config() raised {type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}") from None
     return rest
 
@@ -112,8 +112,8 @@ def config():
 
     try:
         cfg = cli_flags.CONFIG.value
-        if cfg is not None:
-            cfg.keys()  # a config that failed to load raises on first use
+        if type(cfg).__name__ == "_ErrorConfig":  # config_flags' stand-in for a config that failed to load
+            cfg.keys()  # raises the load error (OSError)
     except OSError as e:
         raise UsageError(_load_error(e)) from None
     if cfg is None:

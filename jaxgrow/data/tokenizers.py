@@ -160,13 +160,19 @@ def pinned(workdir: Any) -> dict | None:
                         "to pin the current tokenizer.json again") from None
 
 
-def pin(workdir: Any, info: TokenizerInfo) -> None:
-    """Pins `info` as the run's tokenizer in W/run.json (once: a pin is never replaced)."""
-    if pinned(workdir) is not None:
+def pin(workdir: Any, info: TokenizerInfo, specials: bool = True) -> None:
+    """Pins `info` as the run's tokenizer in W/run.json (a pin is never replaced). specials=False (`import`,
+    `expand`, `prune`: runs that have not trained yet) pins the tokenizer's content alone; its EOS and BOS ids are
+    pinned when the run first trains, with the data.eos_token / data.bos_token it trains with."""
+    current = pinned(workdir)
+    if current is not None and ("eos_id" in current or not specials):
         return
-    record = {"tokenizer": {"sha256": info.sha256, "eos_token": info.eos_token, "eos_id": info.eos_id,
-                            "bos_token": info.bos_token, "bos_id": info.bos_id, "size": info.size}}
-    storage.atomic_write_text(storage.join(workdir, RUN_RECORD), json.dumps(record, indent=2))
+    record = {"sha256": info.sha256, "size": info.size}
+    if current is not None and current["sha256"] != info.sha256:
+        return  # check_pinned refuses that tokenizer before anything is written; never re-pin another one
+    if specials:
+        record.update(eos_token=info.eos_token, eos_id=info.eos_id, bos_token=info.bos_token, bos_id=info.bos_id)
+    storage.atomic_write_text(storage.join(workdir, RUN_RECORD), json.dumps({"tokenizer": record}, indent=2))
 
 
 def check_pinned(workdir: Any, info: TokenizerInfo, what: str) -> None:
@@ -179,7 +185,7 @@ def check_pinned(workdir: Any, info: TokenizerInfo, what: str) -> None:
                         f"(sha256 {pin_['sha256'][:12]}..., pinned in {storage.join(workdir, RUN_RECORD)}); give data "
                         "tokenized with the run's tokenizer, or restore the run's tokenizer.json")
     for key in ("eos_id", "bos_id"):
-        if pin_[key] != getattr(info, key):
+        if key in pin_ and pin_[key] != getattr(info, key):
             token = key.split("_")[0]
             raise DataError(f"{what}: {token.upper()} id {getattr(info, key)} ({getattr(info, token + '_token')!r}) "
                             f"differs from the run's pinned {pin_[key]} ({pin_[token + '_token']!r}); set "

@@ -107,7 +107,7 @@ def derive_run(cfg: Any, from_dir: Any, workdir: Any, kind: str, make_state: Cal
         if source.tokenizer is not None:
             storage.atomic_write_text(storage.join(workdir, tokenizers_lib.RUN_TOKENIZER),
                                       source.tokenizer.tokenizer.to_str())
-            tokenizers_lib.pin(workdir, source.tokenizer)
+            tokenizers_lib.pin(workdir, source.tokenizer, specials=False)
         workdir_lib.write_config(cfg, workdir)
         faults.point("expand_saving")
         ckpts = checkpoint.Checkpoints(out_dir, keep=cfg.checkpoint.keep)

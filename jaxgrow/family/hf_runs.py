@@ -93,7 +93,7 @@ def import_to_workdir(hf_dir: Path, workdir: Path) -> Path:
         if tokenizer.is_file():
             storage.copy_file(tokenizer, storage.join(workdir, "tokenizer.json"))
             if info is not None:
-                tokenizers_lib.pin(workdir, info)
+                tokenizers_lib.pin(workdir, info, specials=False)
         ckpts = checkpoint.Checkpoints(out_dir)
         ckpts.save(0, params, opt_state, checkpoint.Meta(stage=0, member=hf.IMPORTED_MEMBER, mode=cfg.mode,
                                                          model=model_cfg.to_dict(),
