@@ -36,6 +36,7 @@ class Source:
     meta: dict
     model: ml_collections.ConfigDict
     tokenizer: tokenizers_lib.TokenizerInfo | None  # the parent run's, when it has one
+    tokenizer_file: Any = None  # its tokenizer.json, copied byte for byte into the derived run
 
 
 def read_source(from_dir: Any, cfg: Any) -> Source:
@@ -56,7 +57,8 @@ def read_source(from_dir: Any, cfg: Any) -> Source:
         parent_cfg = workdir_lib.read_run_config(parent, "--from") if storage.join(parent, "config.json").exists() else cfg
         tokenizer = tokenizers_lib.run_tokenizer(parent, model.vocab_size, parent_cfg.data.eos_token,
                                                  parent_cfg.data.bos_token, "--from")
-    return Source(from_dir, step, meta, model, tokenizer)
+    return Source(from_dir, step, meta, model, tokenizer,
+                  storage.join(parent, tokenizers_lib.RUN_TOKENIZER) if tokenizer is not None else None)
 
 
 def _check_data_tokenizer(cfg: Any, source: Source) -> None:
@@ -105,8 +107,7 @@ def derive_run(cfg: Any, from_dir: Any, workdir: Any, kind: str, make_state: Cal
         workdir_lib.write_lineage(workdir, lineage, complete=False)  # first: from here on, a kill is resumable
         storage.remove_tree(out_dir)  # a killed run's partial step
         if source.tokenizer is not None:
-            storage.atomic_write_text(storage.join(workdir, tokenizers_lib.RUN_TOKENIZER),
-                                      source.tokenizer.tokenizer.to_str())
+            storage.copy_file(source.tokenizer_file, storage.join(workdir, tokenizers_lib.RUN_TOKENIZER))
             tokenizers_lib.pin(workdir, source.tokenizer, specials=False)
         workdir_lib.write_config(cfg, workdir)
         faults.point("expand_saving")
