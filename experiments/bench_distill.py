@@ -9,7 +9,10 @@ train FLOPs plus the teacher's forward FLOPs (jaxgrow/model/flops.py), which the
 saves: the median time of a plain train step of the student and of its distillation step (the same batch, the same
 compiled shapes, teacher params sharded like the student's), their measured ratio, the analytic ratio
 (F_train(student) + F_forward(teacher)) / F_train(student), and measured / analytic (goal: within 10%: the teacher
-costs what its FLOPs say, and no more).
+costs what its FLOPs say, and no more). FLOPs are not seconds on every backend, though: a forward of a wider model
+runs its larger matmuls at a higher rate than a small model's train step, so the benchmark also times the teacher's
+forward alone (jitted, same batch and shardings) and reports how much of it the distillation step adds:
+(distill − plain) ÷ teacher forward alone, 1.0 when the teacher costs exactly its own forward and nothing more.
 """
 
 from __future__ import annotations
@@ -75,6 +78,11 @@ def main(_):
             state = trainer.init_state(student.model, compiled.optimizer, key, mesh)
             results[name] = {"median_step_s": timed_steps(compiled, state, batch, extra, FLAGS.steps),
                              "compile_s": compile_s}
+        forward = jax.jit(lambda p, b: decoder.logits(p, teacher.model, b[:, :-1]))
+        results["teacher_forward_alone"] = {"median_step_s": common.median_seconds(
+            lambda: forward(teacher_params, batch), FLAGS.steps, warmup=2)}
+    added = (results["distill"]["median_step_s"] - results["plain"]["median_step_s"])
+    added_over_forward = added / results["teacher_forward_alone"]["median_step_s"]
     f_train = flops.train_flops_per_token(student.model, seq)
     f_teacher = flops.forward_flops_per_token(teacher.model, seq)
     measured = results["distill"]["median_step_s"] / results["plain"]["median_step_s"]
@@ -84,7 +92,9 @@ def main(_):
            "batch": [batch_size, seq], "steps": FLAGS.steps, "backend": jax.default_backend(),
            "devices": len(jax.devices()), "plain": results["plain"], "distill": results["distill"],
            "measured_ratio": measured, "analytic_ratio": analytic, "measured_over_analytic": measured / analytic,
-           "within_10_percent": abs(measured / analytic - 1) <= 0.10}
+           "within_10_percent": abs(measured / analytic - 1) <= 0.10,
+           "teacher_forward_alone": results["teacher_forward_alone"],
+           "added_by_teacher_over_its_forward_alone": added_over_forward}
     Path(FLAGS.out).parent.mkdir(parents=True, exist_ok=True)
     Path(FLAGS.out).write_text(json.dumps(out, indent=2))
     print(f"student {student.name} ({f_train:.3g} train FLOPs/token), teacher {teacher.name} "
@@ -93,6 +103,8 @@ def main(_):
     print(f"plain step {results['plain']['median_step_s'] * 1e3:.1f} ms, distillation step "
           f"{results['distill']['median_step_s'] * 1e3:.1f} ms: measured ratio {measured:.3f}, analytic {analytic:.3f}, "
           f"measured / analytic {measured / analytic:.3f} ({'within' if out['within_10_percent'] else 'outside'} 10%)")
+    print(f"the teacher's forward alone {results['teacher_forward_alone']['median_step_s'] * 1e3:.1f} ms; the "
+          f"distillation step adds {added * 1e3:.1f} ms = {added_over_forward:.3f} x that forward")
     print(f"wrote {FLAGS.out}")
 
 

@@ -19,6 +19,7 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import atexit  # noqa: E402
+import fcntl  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
@@ -75,9 +76,18 @@ TINY_FAMILY_ARGS = ("--config", "configs/family_tiny.py", "--config.budget_scale
 
 @pytest.fixture(scope="session")
 def tiny_family(tmp_path_factory) -> Path:
-    """A finished progressive run of configs/family_tiny.py (reduced budget); treat as read-only."""
-    workdir = tmp_path_factory.mktemp("tiny_family")
-    run_cli(*TINY_FAMILY_ARGS, "--workdir", str(workdir), check=True)
+    """A finished progressive run of configs/family_tiny.py (reduced budget); treat as read-only: it is one
+    directory for the whole session, shared by the xdist workers (the first to need it trains it, under a file
+    lock, while the other waits), so a test that writes to a run works on a copy."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers' base temps are siblings in the session's directory
+        base = base.parent
+    workdir = base / "tiny_family_shared"
+    with open(base / "tiny_family_shared.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes (or its process dies)
+        if not (workdir / "report.json").exists():  # not yet trained, or a build that died half-way
+            shutil.rmtree(workdir, ignore_errors=True)
+            run_cli(*TINY_FAMILY_ARGS, "--workdir", str(workdir), check=True)
     assert json.loads((workdir / "report.json").read_text())["members"]
     return workdir
 

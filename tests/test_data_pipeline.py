@@ -4,6 +4,7 @@ and training from an S3 bucket."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -103,8 +104,11 @@ def test_tokenize_then_mixed_family_survives_sigkill_bitwise(tmp_path):
             "--tokenizer", str(tmp_path / "prose_tok"), check=True)
     cfg = _e2e_config(tmp_path, tmp_path / "prose_tok", str(code / "*.jsonl"), tmp_path / "held_tok")
     ref, killed = tmp_path / "ref", tmp_path / "killed"
-    run_cli("--config", str(cfg), "--workdir", str(ref), check=True)
-    proc = run_cli("--config", str(cfg), "--workdir", str(killed), env={"JAXGROW_FAULT": "train_step:14"})
+    # the reference and the run to kill are independent: side by side, one process per core
+    with ThreadPoolExecutor(2) as pool:
+        ref_run = pool.submit(run_cli, "--config", str(cfg), "--workdir", str(ref))
+        proc = run_cli("--config", str(cfg), "--workdir", str(killed), env={"JAXGROW_FAULT": "train_step:14"})
+        assert ref_run.result().returncode == 0, ref_run.result().stderr[-2000:]
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert (killed / "data").is_dir()  # the raw 'code' source was tokenized into the workdir cache
     run_cli("--config", str(cfg), "--workdir", str(killed), check=True)

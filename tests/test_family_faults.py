@@ -14,12 +14,13 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from test_family_reliability import assert_bitwise_equal, member_arrays
 
-from conftest import REPO, TINY_FAMILY_ARGS, _cli_env, run_cli
+from conftest import REPO, TINY_FAMILY_ARGS, _cli_env, run_cli, run_cli_many
 from data_common import make_docs, write_formats
 from jaxgrow.data import store as store_lib, tokenizers as tokenizers_lib
 
@@ -89,12 +90,16 @@ RAW_FAMILY = ("--config", "configs/family_micro.py", "--config.log.progress=Fals
 def test_kill_in_run_tokenization_then_rerun_is_bitwise_and_leaves_no_scratch(tmp_path):
     files = inputs(tmp_path, 4)
     data = (f"--config.data.train_files={','.join(str(f) for f in files[:3])}", f"--config.data.eval_files={files[3]}")
-    env_tmp = tmp_path / "tmp"
+    env_tmp, ref_tmp = tmp_path / "tmp", tmp_path / "ref_tmp"  # each run's own scratch space
     env_tmp.mkdir()
+    ref_tmp.mkdir()
     env = {"TMPDIR": str(env_tmp)}
-    run_cli(*RAW_FAMILY, *data, "--workdir", str(tmp_path / "ref"), env=env, check=True)
     killed = tmp_path / "killed"
-    proc = run_cli(*RAW_FAMILY, *data, "--workdir", str(killed), env={**env, "JAXGROW_FAULT": "tokenize_unit:2"})
+    with ThreadPoolExecutor(1) as pool:  # the uninterrupted reference meanwhile, one process per core
+        ref = pool.submit(run_cli, *RAW_FAMILY, *data, "--workdir", str(tmp_path / "ref"), env={"TMPDIR": str(ref_tmp)})
+        proc = run_cli(*RAW_FAMILY, *data, "--workdir", str(killed), env={**env, "JAXGROW_FAULT": "tokenize_unit:2"})
+        assert ref.result().returncode == 0, ref.result().stderr[-3000:]
+    assert not list(ref_tmp.glob("jaxgrow-*")), list(ref_tmp.iterdir())
     assert proc.returncode == KILLED
     assert not killed.exists()  # the workdir is written only after every input is validated
     assert list(env_tmp.glob("jaxgrow-tokens-*"))  # the killed run's scratch, which the rerun adopts
@@ -132,8 +137,8 @@ def test_kill_expand_then_the_same_command_finishes_it(tiny_family, tmp_path):
     assert f"--config {cfg}" in proc.stdout  # the whole command to continue with
     lineage = json.loads((killed / "lineage.json").read_text())
     assert lineage["complete"] and lineage["parent"]["member"] == "small" and lineage["train_flops"] > 0
-    for w in (killed, tmp_path / "ref"):
-        run_cli("--config", cfg, "--workdir", str(w), check=True)
+    for proc in run_cli_many([("--config", cfg, "--workdir", str(w)) for w in (killed, tmp_path / "ref")], parallel=2):
+        assert proc.returncode == 0, proc.stderr[-3000:]
     assert_bitwise_equal(member_arrays(killed), member_arrays(tmp_path / "ref"))
 
 

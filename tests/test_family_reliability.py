@@ -100,16 +100,18 @@ def test_sigterm_saves_exits_143_and_the_rerun_continues(tiny_family, tmp_path):
     assert_bitwise_equal(member_arrays(workdir), member_arrays(tiny_family))
 
 
-def test_config_drift_is_refused_listing_keys(tiny_family):
-    before = sorted(str(p) for p in tiny_family.rglob("*"))
-    proc = run_cli(*TINY_FAMILY_ARGS, "--workdir", str(tiny_family), "--config.lr.peak=0.1",
+def test_config_drift_is_refused_listing_keys(tiny_family, tmp_path):
+    run = tmp_path / "run"  # a copy: the shared family stays read-only for the tests reading it meanwhile
+    shutil.copytree(tiny_family, run)
+    before = sorted(str(p) for p in run.rglob("*"))
+    proc = run_cli(*TINY_FAMILY_ARGS, "--workdir", str(run), "--config.lr.peak=0.1",
                    "--config.members.large.ffn_size=512")
     assert proc.returncode == 2
     line = proc.stderr.strip().splitlines()[-1]
     assert "differing keys: lr.peak, members.large.ffn_size" in line and "allow_config_change" in line
-    assert sorted(str(p) for p in tiny_family.rglob("*")) == before
+    assert sorted(str(p) for p in run.rglob("*")) == before
     # run-length and logging keys may change
-    proc = run_cli(*TINY_FAMILY_ARGS, "--workdir", str(tiny_family), "--config.log.every_steps=5",
+    proc = run_cli(*TINY_FAMILY_ARGS, "--workdir", str(run), "--config.log.every_steps=5",
                    "--config.checkpoint.keep=4")
     assert proc.returncode == 0, proc.stderr[-1500:]
 
