@@ -165,11 +165,11 @@ def pin(workdir: Any, info: TokenizerInfo, specials: bool = True) -> None:
     `expand`, `prune`: runs that have not trained yet) pins the tokenizer's content alone; its EOS and BOS ids are
     pinned when the run first trains, with the data.eos_token / data.bos_token it trains with."""
     current = pinned(workdir)
-    if current is not None and ("eos_id" in current or not specials):
+    # A pin is completed (its EOS/BOS added) at most once and never replaced: another tokenizer is refused by
+    # check_pinned before anything is written.
+    if current is not None and ("eos_id" in current or not specials or current["sha256"] != info.sha256):
         return
     record = {"sha256": info.sha256, "size": info.size}
-    if current is not None and current["sha256"] != info.sha256:
-        return  # check_pinned refuses that tokenizer before anything is written; never re-pin another one
     if specials:
         record.update(eos_token=info.eos_token, eos_id=info.eos_id, bos_token=info.bos_token, bos_id=info.bos_id)
     storage.atomic_write_text(storage.join(workdir, RUN_RECORD), json.dumps({"tokenizer": record}, indent=2))

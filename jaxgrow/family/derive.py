@@ -36,7 +36,7 @@ class Source:
     meta: dict
     model: ml_collections.ConfigDict
     tokenizer: tokenizers_lib.TokenizerInfo | None  # the parent run's, when it has one
-    tokenizer_file: Any = None  # its tokenizer.json, copied byte for byte into the derived run
+    run_dir: Any  # the run it belongs to (<run> of <run>/members/<name> or <run>/stages/<k>-<name>)
 
 
 def read_source(from_dir: Any, cfg: Any) -> Source:
@@ -57,8 +57,7 @@ def read_source(from_dir: Any, cfg: Any) -> Source:
         parent_cfg = workdir_lib.read_run_config(parent, "--from") if storage.join(parent, "config.json").exists() else cfg
         tokenizer = tokenizers_lib.run_tokenizer(parent, model.vocab_size, parent_cfg.data.eos_token,
                                                  parent_cfg.data.bos_token, "--from")
-    return Source(from_dir, step, meta, model, tokenizer,
-                  storage.join(parent, tokenizers_lib.RUN_TOKENIZER) if tokenizer is not None else None)
+    return Source(from_dir, step, meta, model, tokenizer, parent)
 
 
 def _check_data_tokenizer(cfg: Any, source: Source) -> None:
@@ -83,8 +82,7 @@ def derive_run(cfg: Any, from_dir: Any, workdir: Any, kind: str, make_state: Cal
         raise config_lib.InputError(f"model.vocab_size={dst.model.vocab_size} differs from the checkpoint's "
                                     f"{source.model.vocab_size}")
     _check_data_tokenizer(cfg, source)
-    storage.check_apart(workdir, storage.as_path(str(from_dir), "--from").parent.parent, "--workdir",
-                        "the run of --from")
+    storage.check_apart(workdir, source.run_dir, "--workdir", "the run of --from")
     workdir_lib.check_workdir_writable(workdir)
     out_dir = workdir_lib.stage_dir(workdir, plan.stages[0])
     lineage = dict(workdir_lib.parent_lineage(from_dir, source.step, source.meta, cfg), command=command, kind=kind)
@@ -107,7 +105,9 @@ def derive_run(cfg: Any, from_dir: Any, workdir: Any, kind: str, make_state: Cal
         workdir_lib.write_lineage(workdir, lineage, complete=False)  # first: from here on, a kill is resumable
         storage.remove_tree(out_dir)  # a killed run's partial step
         if source.tokenizer is not None:
-            storage.copy_file(source.tokenizer_file, storage.join(workdir, tokenizers_lib.RUN_TOKENIZER))
+            # byte for byte: the derived run pins the very file its parent trained with
+            storage.copy_file(storage.join(source.run_dir, tokenizers_lib.RUN_TOKENIZER),
+                              storage.join(workdir, tokenizers_lib.RUN_TOKENIZER))
             tokenizers_lib.pin(workdir, source.tokenizer, specials=False)
         workdir_lib.write_config(cfg, workdir)
         faults.point("expand_saving")
