@@ -60,13 +60,16 @@ def run_cli(*args: str, env: dict | None = None, check: bool = False, timeout: f
     return proc
 
 
-def run_cli_many(arg_lists: list[tuple], parallel: int = 3, timeout: float = 600) -> list[subprocess.CompletedProcess]:
+def run_cli_many(arg_lists: list[tuple], parallel: int = 3, timeout: float = 600,
+                 envs: list[dict | None] | None = None) -> list[subprocess.CompletedProcess]:
     """run_cli for independent command lines, `parallel` at a time (each is mostly a single-threaded
-    Python start-up, so this shortens wall time on a few cores); results in input order."""
+    Python start-up, so this shortens wall time on a few cores), each with its env (envs[i], optional); results
+    in input order."""
     from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
     with ThreadPoolExecutor(parallel) as pool:
-        return list(pool.map(lambda args: run_cli(*args, timeout=timeout), arg_lists))
+        return list(pool.map(lambda args, env: run_cli(*args, env=env, timeout=timeout), arg_lists,
+                             envs or [None] * len(arg_lists)))
 
 
 # The tiny family at a fraction of its budget: shared by every test that needs trained members.

@@ -4,7 +4,6 @@ and training from an S3 bucket."""
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from etils import epath
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_many
 from data_common import make_docs, write_formats
 from jaxgrow import config as config_lib
 from jaxgrow.data import corpus, pipeline, shards, store as store_lib
@@ -105,10 +104,9 @@ def test_tokenize_then_mixed_family_survives_sigkill_bitwise(tmp_path):
     cfg = _e2e_config(tmp_path, tmp_path / "prose_tok", str(code / "*.jsonl"), tmp_path / "held_tok")
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     # the reference and the run to kill are independent: side by side, one process per core
-    with ThreadPoolExecutor(2) as pool:
-        ref_run = pool.submit(run_cli, "--config", str(cfg), "--workdir", str(ref))
-        proc = run_cli("--config", str(cfg), "--workdir", str(killed), env={"JAXGROW_FAULT": "train_step:14"})
-        assert ref_run.result().returncode == 0, ref_run.result().stderr[-2000:]
+    ref_run, proc = run_cli_many([("--config", str(cfg), "--workdir", str(w)) for w in (ref, killed)], parallel=2,
+                                 envs=[None, {"JAXGROW_FAULT": "train_step:14"}])
+    assert ref_run.returncode == 0, ref_run.stderr[-2000:]
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert (killed / "data").is_dir()  # the raw 'code' source was tokenized into the workdir cache
     run_cli("--config", str(cfg), "--workdir", str(killed), check=True)

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -95,10 +94,10 @@ def test_kill_in_run_tokenization_then_rerun_is_bitwise_and_leaves_no_scratch(tm
     ref_tmp.mkdir()
     env = {"TMPDIR": str(env_tmp)}
     killed = tmp_path / "killed"
-    with ThreadPoolExecutor(1) as pool:  # the uninterrupted reference meanwhile, one process per core
-        ref = pool.submit(run_cli, *RAW_FAMILY, *data, "--workdir", str(tmp_path / "ref"), env={"TMPDIR": str(ref_tmp)})
-        proc = run_cli(*RAW_FAMILY, *data, "--workdir", str(killed), env={**env, "JAXGROW_FAULT": "tokenize_unit:2"})
-        assert ref.result().returncode == 0, ref.result().stderr[-3000:]
+    # the uninterrupted reference beside the run to kill, one process per core
+    ref, proc = run_cli_many([(*RAW_FAMILY, *data, "--workdir", str(w)) for w in (tmp_path / "ref", killed)],
+                             parallel=2, envs=[{"TMPDIR": str(ref_tmp)}, {**env, "JAXGROW_FAULT": "tokenize_unit:2"}])
+    assert ref.returncode == 0, ref.stderr[-3000:]
     assert not list(ref_tmp.glob("jaxgrow-*")), list(ref_tmp.iterdir())
     assert proc.returncode == KILLED
     assert not killed.exists()  # the workdir is written only after every input is validated
